@@ -1,0 +1,1 @@
+"""transprune.runtime: run an exported build directory without torch or transformers."""
