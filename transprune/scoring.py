@@ -78,15 +78,18 @@ def instruction_attention(
     return (on_image * weight[..., None]).sum(1) / weight.sum(-1, keepdim=True).clamp_min(1.0)
 
 
-def combine(ttv: torch.Tensor | None, iga: torch.Tensor | None, alpha: float) -> torch.Tensor:
-    """score = alpha * TTV_norm + (1 - alpha) * IGA_norm; either part may be absent (ttv / iga criteria)."""
-    if ttv is None and iga is None:
+def combine(ttv_norm: torch.Tensor | None, iga_norm: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """score = alpha * TTV_norm + (1 - alpha) * IGA_norm, from already normalised parts.
+
+    Either part may be absent (the ``ttv`` and ``iga`` criteria); the score is then that part.
+    """
+    if ttv_norm is None and iga_norm is None:
         raise ValueError("combine() needs a TTV or an IGA score")
-    if iga is None:
-        return normalise(ttv)
-    if ttv is None:
-        return normalise(iga)
-    return alpha * normalise(ttv) + (1.0 - alpha) * normalise(iga)
+    if iga_norm is None:
+        return ttv_norm
+    if ttv_norm is None:
+        return iga_norm
+    return alpha * ttv_norm + (1.0 - alpha) * iga_norm
 
 
 def select_kept(score: torch.Tensor, keep: int) -> torch.Tensor:

@@ -63,9 +63,10 @@ def test_combine_and_normalise():
     ttv = torch.tensor([[1.0, 3.0]])
     iga = torch.tensor([[2.0, 2.0]])
     torch.testing.assert_close(scoring.normalise(ttv), torch.tensor([[0.25, 0.75]]))
+    ttv, iga = scoring.normalise(ttv), scoring.normalise(iga)
     torch.testing.assert_close(scoring.combine(ttv, iga, 0.5), torch.tensor([[0.375, 0.625]]))
-    torch.testing.assert_close(scoring.combine(ttv, None, 0.5), torch.tensor([[0.25, 0.75]]))
-    torch.testing.assert_close(scoring.combine(None, iga, 0.5), torch.tensor([[0.5, 0.5]]))
+    torch.testing.assert_close(scoring.combine(ttv, iga, 0.25), torch.tensor([[0.4375, 0.5625]]))
+    assert scoring.combine(ttv, None, 0.5) is ttv and scoring.combine(None, iga, 0.5) is iga
     with pytest.raises(ValueError):
         scoring.combine(None, None, 0.5)
 

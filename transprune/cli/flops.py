@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ..errors import TransPruneError
+from ._common import run_user_command
 from ..flops import FlopsReport, flops_report
 from ..presets import PRESETS, ModelPreset, preset_from_hf_config
 from ..schedule import add_schedule_arguments, schedule_from_args
@@ -90,18 +90,14 @@ def format_summary(report: FlopsReport) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def command() -> None:
         model = resolve_model(args.model)
         schedule = schedule_from_args(args)
         report = flops_report(model=model, schedule=schedule, text_tokens=args.text_tokens)
-    except TransPruneError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report.to_dict()))
-    else:
-        print(format_summary(report))
-    return 0
+        print(json.dumps(report.to_dict()) if args.json else format_summary(report))
+
+    return run_user_command(PROG, command)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""Shared fixtures: the tiny synthetic checkpoint, built once per test session.
+
+``tiny_checkpoint`` is the directory of the ``tiny`` preset (built into a session temp cache, so
+tests never touch ``~/.cache``); ``tiny_model`` is that checkpoint loaded through
+``transprune.checkpoints.load_llava`` (fp32, eager attention). torch and transformers are
+imported only when a test asks for one of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def transprune_cache(tmp_path_factory) -> Path:
+    """A session-wide transprune cache directory (synthetic checkpoints are built here)."""
+    return tmp_path_factory.mktemp("transprune-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(transprune_cache) -> Path:
+    """The directory of the built ``tiny`` synthetic checkpoint (llava-hf format)."""
+    from transprune.synthetic import ensure_synthetic_checkpoint
+
+    return ensure_synthetic_checkpoint("tiny", cache_dir=transprune_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint, transprune_cache):
+    """``LoadedModel`` of ``tiny`` (model in eval mode, processor, preset, path). Do not mutate it."""
+    from transprune.checkpoints import load_llava
+
+    return load_llava("tiny", cache_dir=transprune_cache)

@@ -1,0 +1,57 @@
+"""The distribution's promises: three import packages, and a runtime that needs no torch."""
+
+import subprocess
+import sys
+import textwrap
+
+BLOCK_TORCH = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Blocked(importlib.abc.MetaPathFinder):
+        # what a Jetson image without PyTorch looks like to Python
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {"torch", "transformers", "onnxscript", "safetensors"}:
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, Blocked())
+    """
+)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_runtime_imports_with_torch_blocked():
+    code = BLOCK_TORCH + textwrap.dedent(
+        """
+        import transprune, transprune.runtime
+        from transprune import schedule, flops, presets, sampling, errors
+        from transprune.cli import flops as flops_cli
+        assert "torch" not in sys.modules and "transformers" not in sys.modules
+        report = flops.flops_report(model=presets.model_preset("llava-1.5-7b"), schedule=schedule.preset("paper"))
+        print(round(report.baseline_tflops, 2), round(report.pruned_tflops, 2))
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3.82", "1.56"]
+
+
+def test_blocker_really_blocks():
+    # the check above only means something if the blocker works
+    result = run_python(BLOCK_TORCH + "import torch")
+    assert result.returncode != 0 and "blocked in this test" in result.stderr
+
+
+def test_three_import_packages_map_to_top_level_folders():
+    import transprune
+    import transprune.export
+    import transprune.runtime
+    from pathlib import Path
+
+    root = Path(transprune.__file__).resolve().parent.parent
+    assert Path(transprune.export.__file__).resolve().parent in {root / "export", Path(transprune.__file__).resolve().parent / "export"}
+    assert Path(transprune.runtime.__file__).resolve().parent.name == "runtime"

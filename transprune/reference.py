@@ -1,0 +1,286 @@
+"""The PyTorch reference: transformers' LlavaForConditionalGeneration with TransPrune in prefill.
+
+Everything the exporter and runtime produce is checked against this module. It re-runs the
+language model layer by layer with transformers' own submodules (norms, attention, MLP, rotary
+embedding), so with schedule ``none`` it is plain transformers, and adds (DESIGN §1):
+
+    segment 0: layers 1..p1  --score+prune-->  segment 1: layers p1+1..p2  --> ... --> norm, lm_head
+
+* TTV of the accumulation layers, summed over the image tokens alive, gathered with each prune;
+* IGA from the NEXT layer's input norm and q/k projections on the current hidden states;
+* after a prune the sequence is [prefix, kept image tokens, suffix] and positions are renumbered
+  contiguously; a decoded token's position at segment s is its full position minus the tokens
+  removed before s;
+* the KV cache of a layer keeps whatever length its segment had in prefill (7 layers hold 576
+  image tokens, 2 hold 504, ... for the paper schedule on LLaVA-1.5).
+
+Batches are left-padded; every reduction is per sample and ignores padding.
+Deliberate differences from the paper's reference code: per-sample TTV sums (it sums over the
+whole batch), no TTV during decoding (it computes and discards it), no v_proj for IGA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import TransPruneError
+from .sampling import Sampler
+from .schedule import Schedule
+from . import scoring
+
+
+class SegmentKVCache:
+    """Per-layer keys/values; each layer grows independently, so lengths may differ by segment.
+
+    Implements the one method transformers' attention calls on its cache: ``update``.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self.keys[layer_idx] is None:
+            self.keys[layer_idx], self.values[layer_idx] = key, value
+        else:
+            self.keys[layer_idx] = torch.cat([self.keys[layer_idx], key], dim=-2)
+            self.values[layer_idx] = torch.cat([self.values[layer_idx], value], dim=-2)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def length(self, layer_idx: int) -> int:
+        key = self.keys[layer_idx]
+        return 0 if key is None else key.shape[-2]
+
+
+@dataclass
+class PruneRecord:
+    """What happened at one prune point (tensors are [B, N_before] or [B, keep])."""
+
+    after_layer: int
+    keep: int
+    scored: torch.Tensor  # original image-token index of each token scored
+    ttv: torch.Tensor | None  # normalised TTV of the scored tokens
+    iga: torch.Tensor | None  # normalised IGA of the scored tokens
+    score: torch.Tensor
+    kept: torch.Tensor  # kept tokens as ORIGINAL image-token indices 0..n_image-1, ascending
+
+
+@dataclass
+class DecodeState:
+    cache: SegmentKVCache
+    key_masks: list[torch.Tensor]  # per segment [B, T_s]: 1 for real tokens, 0 for padding
+    removed: list[int]  # image tokens removed before each segment
+    next_position: torch.Tensor  # [B] full-sequence position of the next token
+
+
+@dataclass
+class PrefillOutput:
+    logits: torch.Tensor  # [B, V] at the last prompt position
+    records: list[PruneRecord]
+    state: DecodeState
+
+
+@dataclass
+class GenerationOutput:
+    tokens: list[list[int]]  # per sample, generated ids (EOS included when reached)
+    step_logits: list[torch.Tensor] = field(default_factory=list)  # [B, V] per step
+    records: list[PruneRecord] = field(default_factory=list)
+
+
+def additive_mask(query_mask_len: int, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[B, T] key mask -> [B, 1, Q, T] additive causal mask for the last Q of the T positions."""
+    total = key_mask.shape[1]
+    q = torch.arange(total - query_mask_len, total, device=key_mask.device)[:, None]
+    k = torch.arange(total, device=key_mask.device)[None, :]
+    allowed = (k <= q)[None, None] & key_mask.bool()[:, None, None, :]
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def positions_from_mask(key_mask: torch.Tensor) -> torch.Tensor:
+    """Contiguous positions of the real tokens (0..n-1 per sample); padding gets 0."""
+    return (key_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def locate_image_span(input_ids: torch.Tensor, image_token_id: int, n_image: int) -> torch.Tensor:
+    """[B] start of each sample's image span; checks one contiguous run of n_image tokens."""
+    is_image = input_ids == image_token_id
+    counts = is_image.sum(-1)
+    starts = is_image.long().argmax(-1)
+    for b in range(input_ids.shape[0]):
+        if int(counts[b]) != n_image:
+            raise TransPruneError(
+                f"sample {b} has {int(counts[b])} image tokens but the model produces {n_image} per "
+                f"image; put exactly one image slot in the prompt (the processor expands it)"
+            )
+        span = is_image[b, int(starts[b]) : int(starts[b]) + n_image]
+        if not bool(span.all()):
+            raise TransPruneError(f"sample {b}: the image tokens are not one contiguous run")
+    return starts
+
+
+class TransPruneReference:
+    """Prefill with progressive pruning and decoding over per-segment KV caches."""
+
+    def __init__(self, model, schedule: Schedule) -> None:
+        self.model = model
+        self.config = model.config
+        self.lm = model.model.language_model
+        self.num_layers = self.config.text_config.num_hidden_layers
+        vision = self.config.vision_config
+        self.n_image = (vision.image_size // vision.patch_size) ** 2
+        schedule.check_model(num_layers=self.num_layers, n_image=self.n_image)
+        self.schedule = schedule
+        self.segments = schedule.segments(self.num_layers)
+        self.keep_counts = schedule.keep_counts(self.n_image)
+        self.accumulate = set(schedule.accumulate)
+
+    # -- building blocks ----------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with the projected image features written into the image slots."""
+        embeds = self.lm.embed_tokens(input_ids)
+        features = self.model.model.get_image_features(
+            pixel_values=pixel_values.to(embeds.dtype),
+            vision_feature_layer=self.config.vision_feature_layer,
+            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+        ).pooler_output
+        features = torch.cat(list(features), dim=0).to(embeds.dtype)
+        slots = (input_ids == self.config.image_token_id)[..., None]
+        return embeds.masked_scatter(slots, features)
+
+    def run_layer(self, index, hidden, rope, mask, cache, token_mask=None, want_ttv=False):
+        """One decoder layer exactly as LlamaDecoderLayer.forward, exposing TTV's four tensors."""
+        layer = self.lm.layers[index]
+        attn_in = layer.input_layernorm(hidden)
+        attn_out, _ = layer.self_attn(
+            hidden_states=attn_in, position_embeddings=rope, attention_mask=mask, past_key_values=cache
+        )
+        hidden = hidden + attn_out
+        ffn_in = layer.post_attention_layernorm(hidden)
+        ffn_out = layer.mlp(ffn_in)
+        ttv = scoring.layer_ttv(attn_in, attn_out, ffn_in, ffn_out, token_mask) if want_ttv else None
+        return hidden + ffn_out, ttv
+
+    def iga(self, next_layer_index, hidden, rope, mask, image_columns, instruction):
+        """IGA with layer p+1's input norm and q/k projections on the hidden states after layer p."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        layer = self.lm.layers[next_layer_index]
+        attn = layer.self_attn
+        normed = layer.input_layernorm(hidden)
+        batch, seq, _ = normed.shape
+        q = attn.q_proj(normed).view(batch, seq, -1, attn.head_dim).transpose(1, 2)
+        k = attn.k_proj(normed).view(batch, seq, -1, attn.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *rope)
+        return scoring.instruction_attention(q, k, mask, instruction, image_columns, attn.scaling)
+
+    # -- prefill and decode --------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, input_ids, attention_mask, pixel_values) -> PrefillOutput:
+        batch = input_ids.shape[0]
+        hidden = self.embed(input_ids, pixel_values)
+        image_start = locate_image_span(input_ids, self.config.image_token_id, self.n_image)
+        key_mask = attention_mask.long()
+        cache = SegmentKVCache(self.num_layers)
+        alive = torch.arange(self.n_image).expand(batch, -1)  # original index of each image token
+        ttv_sum = torch.zeros(batch, self.n_image)
+        records, key_masks, removed = [], [], []
+        for stage, (first, last) in enumerate(self.segments):
+            n_alive = alive.shape[1]
+            columns = image_start[:, None] + torch.arange(n_alive)
+            positions = positions_from_mask(key_mask)
+            rope = self.lm.rotary_emb(hidden, positions)
+            mask = additive_mask(hidden.shape[1], key_mask, hidden.dtype)
+            for layer in range(first, last + 1):
+                want_ttv = self.schedule.uses_ttv and layer in self.accumulate
+                hidden, ttv = self.run_layer(layer - 1, hidden, rope, mask, cache, key_mask, want_ttv)
+                if ttv is not None:
+                    ttv_sum += torch.gather(ttv, 1, columns)
+            key_masks.append(key_mask)
+            removed.append(self.n_image - n_alive)
+            if stage == len(self.segments) - 1:
+                break
+            # -- score and prune after layer `last` ------------------------------------------
+            keep = self.keep_counts[stage]
+            ttv_part = scoring.normalise(ttv_sum) if self.schedule.uses_ttv else None
+            iga_part = None
+            if self.schedule.uses_iga:
+                after_image = torch.arange(hidden.shape[1])[None, :] >= (image_start + n_alive)[:, None]
+                instruction = after_image & key_mask.bool()
+                iga_part = scoring.normalise(self.iga(last, hidden, rope, mask, columns, instruction))
+            score = scoring.combine(ttv_part, iga_part, self.schedule.alpha)
+            kept_local = scoring.select_kept(score, keep)
+            index = scoring.kept_sequence_index(hidden.shape[1], image_start, n_alive, kept_local)
+            records.append(PruneRecord(
+                after_layer=last, keep=keep, scored=alive, ttv=ttv_part, iga=iga_part, score=score,
+                kept=torch.gather(alive, 1, kept_local),
+            ))
+            hidden = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+            key_mask = torch.gather(key_mask, 1, index)
+            ttv_sum = torch.gather(ttv_sum, 1, kept_local)
+            alive = records[-1].kept
+        logits = self.model.lm_head(self.lm.norm(hidden[:, -1:]))[:, -1]
+        state = DecodeState(cache, key_masks, removed, attention_mask.long().sum(-1))
+        return PrefillOutput(logits=logits, records=records, state=state)
+
+    @torch.no_grad()
+    def decode_step(self, state: DecodeState, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B] -> logits [B, V]; appends one position to every layer's cache."""
+        hidden = self.lm.embed_tokens(tokens[:, None])
+        for stage, (first, last) in enumerate(self.segments):
+            key_mask = torch.cat([state.key_masks[stage], torch.ones_like(tokens)[:, None]], dim=1)
+            state.key_masks[stage] = key_mask
+            positions = (state.next_position - state.removed[stage])[:, None]
+            rope = self.lm.rotary_emb(hidden, positions)
+            mask = additive_mask(1, key_mask, hidden.dtype)
+            for layer in range(first, last + 1):
+                hidden, _ = self.run_layer(layer - 1, hidden, rope, mask, state.cache)
+        state.next_position = state.next_position + 1
+        return self.model.lm_head(self.lm.norm(hidden))[:, -1]
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        *,
+        max_new_tokens: int = 32,
+        sampler: Sampler | None = None,
+        eos_token_id: int | None = None,
+        on_tokens: Callable[[list[int]], None] | None = None,
+    ) -> GenerationOutput:
+        """Prefill, then decode until every sample hit EOS or max_new_tokens."""
+        sampler = sampler or Sampler()
+        out = self.prefill(input_ids, attention_mask, pixel_values)
+        result = GenerationOutput(tokens=[[] for _ in range(input_ids.shape[0])], records=out.records)
+        logits, done = out.logits, [False] * input_ids.shape[0]
+        for step in range(max_new_tokens):
+            result.step_logits.append(logits)
+            picked = sampler(logits.float().numpy())
+            for b, token in enumerate(picked.tolist()):
+                if not done[b]:
+                    result.tokens[b].append(token)
+                    done[b] = token == eos_token_id
+            if on_tokens is not None:
+                on_tokens(picked.tolist())
+            if all(done) or step == max_new_tokens - 1:
+                break
+            logits = self.decode_step(out.state, torch.from_numpy(picked))
+        return result
+
+
+def encode_inputs(processor, images: list, prompts: list[str]) -> dict:
+    """Chat-templated, left-padded model inputs for (image, prompt) pairs, through the processor."""
+    if len(images) != len(prompts):
+        raise TransPruneError(f"{len(images)} images but {len(prompts)} prompts; pair them one to one")
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+            add_generation_prompt=True,
+        )
+        for prompt in prompts
+    ]
+    processor.tokenizer.padding_side = "left"
+    return processor(images=images, text=texts, return_tensors="pt", padding=True)
