@@ -1,0 +1,80 @@
+"""Spec -> torch module with just that graph's weights (loaded lazily from the checkpoint)."""
+
+from __future__ import annotations
+
+import torch
+
+from transprune.schedule import Schedule
+
+from . import graphs
+from .specs import GraphSpec, ModelFacts
+from .weights import CheckpointWeights
+
+
+class _CastWeights:
+    """A weights view that converts floating tensors to the export dtype as they are read."""
+
+    def __init__(self, weights: CheckpointWeights, dtype: torch.dtype) -> None:
+        self.weights, self.dtype = weights, dtype
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self.weights[name]
+        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weights
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+
+def text_config_dict(config) -> dict:
+    """transformers' text config as a plain dict with the few fields the graphs read, normalised."""
+    text = config.text_config.to_dict()
+    rope = text.get("rope_parameters") or {}
+    if text.get("rope_theta") is None:
+        text["rope_theta"] = rope.get("rope_theta", 10000.0)
+    if rope.get("rope_type", "default") != "default":
+        from transprune.errors import TransPruneError
+
+        raise TransPruneError(f"RoPE scaling {rope.get('rope_type')!r} is not supported by the exporter yet")
+    text["head_dim"] = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    text["num_key_value_heads"] = text.get("num_key_value_heads") or text["num_attention_heads"]
+    return text
+
+
+def model_facts(config) -> ModelFacts:
+    text = text_config_dict(config)
+    vision = config.vision_config
+    return ModelFacts(
+        hidden_size=text["hidden_size"], num_layers=text["num_hidden_layers"],
+        num_kv_heads=text["num_key_value_heads"], head_dim=text["head_dim"], vocab_size=text["vocab_size"],
+        image_size=vision.image_size, n_image=(vision.image_size // vision.patch_size) ** 2,
+        image_token_id=config.image_token_id,
+    )
+
+
+def build_module(spec: GraphSpec, weights: CheckpointWeights, config, schedule: Schedule, dtype: torch.dtype):
+    """(module, variadic_from): variadic_from is where forward's *args start (for dynamic shapes)."""
+    w = _CastWeights(weights, dtype)
+    text = text_config_dict(config)
+    if spec.kind == "vision":
+        return graphs.VisionGraph(w, vision_config=config.vision_config.to_dict(),
+                                  feature_layer=config.vision_feature_layer,
+                                  projector_act=config.projector_hidden_act), None
+    if spec.kind == "embed":
+        return graphs.EmbedGraph(w), None
+    if spec.kind == "prefill_inputs":
+        return graphs.PrefillInputsGraph(config.image_token_id), None
+    if spec.kind == "segment":
+        first, last = spec.layers
+        return graphs.SegmentGraph(w, first=first, last=last, text_config=text,
+                                   ttv_layers=tuple(spec.attrs["ttv_layers"])), 3
+    if spec.kind == "scorer":
+        a = spec.attrs
+        module = graphs.ScorerGraph(w if a["uses_iga"] else None, next_layer=a["after_layer"] + 1, text_config=text,
+                                    uses_ttv=a["uses_ttv"], uses_iga=a["uses_iga"], alpha=a["alpha"])
+        return module, 6
+    if spec.kind == "head":
+        return graphs.HeadGraph(w, text_config=text), None
+    raise ValueError(f"unknown graph kind {spec.kind!r}")

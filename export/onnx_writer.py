@@ -1,0 +1,97 @@
+"""Traces one graph module to ONNX from its spec (torch.onnx dynamo exporter, DESIGN §6)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from .specs import GraphSpec, TensorSpec
+
+# Concrete sizes for tracing. Distinct values above 1 so torch.export keeps every named axis
+# symbolic instead of specialising it (0/1 and equal sizes get specialised).
+EXAMPLE_SIZES = {"batch": 2, "seq": 37, "past": 5, "total": 42, "alive": 23}
+AXIS_RANGES = {"batch": (1, 64), "seq": (1, 8192), "past": (0, 8192), "total": (1, 16384), "alive": (1, 8192)}
+EXTERNAL_DATA_BYTES = 1 << 30  # graphs with more weights than this keep them in a .data file
+
+
+def _dtype(spec: TensorSpec, model_dtype: torch.dtype) -> torch.dtype:
+    return {"float": model_dtype, "float32": torch.float32, "int64": torch.int64}[spec.dtype]
+
+
+def example_inputs(spec: GraphSpec, model_dtype: torch.dtype, *, n_image: int, image_token_id: int) -> tuple:
+    """Plausible example tensors (the scorer needs a consistent image span and keep count)."""
+    gen = torch.Generator().manual_seed(0)
+    values = []
+    for tensor in spec.inputs:
+        shape = [EXAMPLE_SIZES[a] if isinstance(a, str) else a for a in tensor.axes]
+        dtype = _dtype(tensor, model_dtype)
+        if tensor.name == "keep":
+            values.append(torch.tensor(EXAMPLE_SIZES["alive"] // 2, dtype=torch.int64))
+        elif tensor.name == "image_start":
+            values.append(torch.tensor([3, 4][: shape[0]], dtype=torch.int64))
+        elif tensor.name == "alive":
+            values.append(torch.arange(shape[1]).expand(shape[0], -1).contiguous())
+        elif tensor.name == "attention_mask":
+            values.append(torch.ones(shape, dtype=torch.int64))
+        elif tensor.name == "position_ids":
+            values.append(torch.arange(shape[1]).expand(shape[0], -1).contiguous())
+        elif tensor.name == "input_ids":
+            ids = torch.randint(5, 50, shape, generator=gen)
+            ids[:, 3 : 3 + n_image] = image_token_id
+            values.append(ids)
+        elif dtype == torch.int64:
+            values.append(torch.zeros(shape, dtype=torch.int64))
+        else:
+            values.append(torch.randn(shape, generator=gen).to(dtype))
+    if spec.kind == "prefill_inputs":  # the prompt must hold a whole image span
+        seq = n_image + 12
+        values = [v[:, :1].expand(-1, seq, *v.shape[2:]).contiguous() if i < 3 else v for i, v in enumerate(values)]
+        values[1] = torch.randint(5, 50, (values[1].shape[0], seq), generator=gen)
+        values[1][:, 3 : 3 + n_image] = image_token_id
+    return tuple(values)
+
+
+def dynamic_shapes(spec: GraphSpec, *, variadic_from: int | None = None):
+    dims = {}
+
+    def dim(name: str):
+        if name not in dims:
+            low, high = AXIS_RANGES[name]
+            dims[name] = torch.export.Dim(name.replace(".", "_"), min=low, max=high)
+        return dims[name]
+
+    shapes = [{i: dim(a) for i, a in enumerate(t.axes) if isinstance(a, str)} for t in spec.inputs]
+    if variadic_from is not None:  # forward(self, a, b, c, *rest): rest is one nested tuple
+        shapes = [*shapes[:variadic_from], tuple(shapes[variadic_from:])]
+    return tuple(shapes)
+
+
+def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: tuple, opset: int,
+                 variadic_from: int | None = None) -> None:
+    """Writes ``path`` (and ``path.data`` for large graphs)."""
+    module.eval()
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(
+            module, args, dynamo=True, opset_version=opset, optimize=True, verbose=False,
+            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+            dynamic_shapes=dynamic_shapes(spec, variadic_from=variadic_from),
+        )
+        if program is None:
+            raise RuntimeError(f"torch.onnx.export returned nothing for {spec.name}")
+        external = weight_bytes > EXTERNAL_DATA_BYTES
+        program.save(str(path), external_data=external)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
