@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from transprune.generation import decode_loop
 from transprune.sampling import Sampler
 
 RunGraph = Callable[[str, dict], dict]
@@ -111,20 +112,9 @@ class Chain:
     def generate(self, input_ids, attention_mask, pixel_values, *, max_new_tokens: int,
                  sampler: Sampler | None = None, eos_token_id: int | None = None,
                  on_tokens: Callable[[list[int]], None] | None = None) -> ChainOutput:
-        sampler = sampler or Sampler()
         logits, stages, state = self.prefill(input_ids, attention_mask, pixel_values)
-        result = ChainOutput(tokens=[[] for _ in range(input_ids.shape[0])], stages=stages)
-        done = [False] * input_ids.shape[0]
-        for step in range(max_new_tokens):
-            result.step_logits.append(logits)
-            picked = sampler(logits)
-            for b, token in enumerate(picked.tolist()):
-                if not done[b]:
-                    result.tokens[b].append(token)
-                    done[b] = token == eos_token_id
-            if on_tokens is not None:
-                on_tokens(picked.tolist())
-            if all(done) or step == max_new_tokens - 1:
-                break
-            logits = self.decode_step(state, picked)
-        return result
+        tokens, step_logits = decode_loop(
+            logits, lambda picked: self.decode_step(state, picked), batch=input_ids.shape[0],
+            max_new_tokens=max_new_tokens, sampler=sampler, eos_token_id=eos_token_id, on_tokens=on_tokens,
+        )
+        return ChainOutput(tokens=tokens, step_logits=step_logits, stages=stages)

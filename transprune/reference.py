@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from .errors import TransPruneError
+from .generation import decode_loop
 from .sampling import Sampler
 from .schedule import Schedule
 from . import scoring
@@ -252,23 +253,13 @@ class TransPruneReference:
         on_tokens: Callable[[list[int]], None] | None = None,
     ) -> GenerationOutput:
         """Prefill, then decode until every sample hit EOS or max_new_tokens."""
-        sampler = sampler or Sampler()
         out = self.prefill(input_ids, attention_mask, pixel_values)
-        result = GenerationOutput(tokens=[[] for _ in range(input_ids.shape[0])], records=out.records)
-        logits, done = out.logits, [False] * input_ids.shape[0]
-        for step in range(max_new_tokens):
-            result.step_logits.append(logits)
-            picked = sampler(logits.float().numpy())
-            for b, token in enumerate(picked.tolist()):
-                if not done[b]:
-                    result.tokens[b].append(token)
-                    done[b] = token == eos_token_id
-            if on_tokens is not None:
-                on_tokens(picked.tolist())
-            if all(done) or step == max_new_tokens - 1:
-                break
-            logits = self.decode_step(out.state, torch.from_numpy(picked))
-        return result
+        tokens, step_logits = decode_loop(
+            out.logits, lambda picked: self.decode_step(out.state, torch.from_numpy(picked)),
+            batch=input_ids.shape[0], max_new_tokens=max_new_tokens, sampler=sampler,
+            eos_token_id=eos_token_id, on_tokens=on_tokens, to_numpy=lambda logits: logits.float().numpy(),
+        )
+        return GenerationOutput(tokens=tokens, step_logits=step_logits, records=out.records)
 
 
 def encode_inputs(processor, images: list, prompts: list[str]) -> dict:
