@@ -38,6 +38,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     from .builder import build_module, model_facts
     from .onnx_writer import example_inputs, export_graph, sha256
     from .specs import graph_specs
+    from .trt_lint import lint_model
     from .weights import CheckpointWeights
 
     out = Path(out)
@@ -70,7 +71,10 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             export_graph(module, spec, path, args=args, opset=opset, variadic_from=variadic_from)
             del module
             files = sorted(p.name for p in staging.glob(f"{spec.name}.onnx*"))
+            lint = lint_model(path, name=spec.name)
             entries.append({**spec.to_dict(), "file": f"{spec.name}.onnx",
+                            "trt_lint": {"ok": lint.ok, "errors": [i.message for i in lint.errors],
+                                         "warnings": [i.message for i in lint.warnings]},
                             "sha256": {name: sha256(staging / name) for name in files},
                             "export_seconds": round(time.perf_counter() - started, 2)})
         for name in _PROCESSOR_FILES:

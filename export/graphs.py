@@ -109,7 +109,7 @@ class PrefillInputsGraph(nn.Module):
         image_start = torch.argmax(is_image.to(torch.int32), dim=1)
         n_image = image_features.shape[1]
         offset = (torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] - image_start[:, None])
-        index = offset.clamp(0, n_image - 1)[..., None].expand(-1, -1, image_features.shape[2])
+        index = scoring.clamp_index(offset, n_image - 1)[..., None].expand(-1, -1, image_features.shape[2])
         placed = torch.gather(image_features.to(embeddings.dtype), 1, index)
         hidden = torch.where(is_image[..., None], placed, embeddings)
         return hidden, positions_from_mask(attention_mask), image_start

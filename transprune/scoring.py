@@ -104,6 +104,12 @@ def select_kept(score: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.sort(order, dim=-1).values
 
 
+def clamp_index(index: torch.Tensor, high) -> torch.Tensor:
+    """index clamped to 0..high with Max/Min: an integer clamp exports as an int64 Clip, which
+    TensorRT does not parse (its Clip takes floating types only)."""
+    return torch.minimum(torch.maximum(index, torch.zeros_like(index)), torch.full_like(index, 0) + high)
+
+
 def kept_sequence_index(seq_len: int, image_start: torch.Tensor, n_image: int, kept: torch.Tensor) -> torch.Tensor:
     """Sequence positions that survive a prune: [prefix, kept image tokens, suffix].
 
@@ -115,6 +121,6 @@ def kept_sequence_index(seq_len: int, image_start: torch.Tensor, n_image: int, k
     new_len = seq_len - n_image + keep
     j = torch.arange(new_len, device=kept.device).expand(batch, -1)
     start = image_start[:, None]
-    image_part = start + torch.gather(kept, 1, (j - start).clamp(0, keep - 1))
+    image_part = start + torch.gather(kept, 1, clamp_index(j - start, keep - 1))
     suffix_part = j + (n_image - keep)
     return torch.where(j < start, j, torch.where(j < start + keep, image_part, suffix_part))

@@ -35,6 +35,7 @@ def test_paper_chain_matches_reference(paper_build):
     assert on_disk["keep_counts"] == [504, 360, 72]
     for graph in on_disk["graphs"]:
         assert (out / graph["file"]).is_file()
+        assert graph["trt_lint"]["ok"], (graph["name"], graph["trt_lint"]["errors"])
 
 
 def test_existing_directory_is_refused_without_force(paper_build, tmp_path):
