@@ -26,7 +26,7 @@ from typing import Any
 from .errors import TransPruneError
 from .presets import PRESETS, ModelPreset, preset_from_hf_config
 
-__all__ = ["LoadedModel", "hf_hub_cache_dir", "load_llava", "resolve_checkpoint"]
+__all__ = ["LoadedModel", "hf_hub_cache_dir", "load_llava", "read_config", "resolve_checkpoint"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -78,7 +78,8 @@ def _from_hub_cache(hub_id: str, what: str) -> Path:
         ) from None
 
 
-def _read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
+    """A checkpoint directory's config.json as a dict, or a TransPruneError saying what is wrong."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise TransPruneError(
@@ -89,7 +90,7 @@ def _read_config(path: Path) -> dict:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TransPruneError(f"cannot read {config_file}: {exc}") from None
+        raise TransPruneError(f"cannot read {config_file} as JSON: {exc}") from None
     if not isinstance(config, dict):
         raise TransPruneError(f"{config_file} does not hold a JSON object")
     return config
@@ -131,7 +132,7 @@ def _check_directory(path: Path) -> dict:
         raise TransPruneError(f"checkpoint directory {path} does not exist")
     if not path.is_dir():
         raise TransPruneError(f"{path} is a file; --model takes a checkpoint directory")
-    config = _read_config(path)
+    config = read_config(path)
     _check_model_type(config, path)
     _check_weights(path)
     return config

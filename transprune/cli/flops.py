@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import TransPruneError
 from ._common import run_user_command
 from ..flops import FlopsReport, flops_report
+from ..checkpoints import read_config
 from ..presets import PRESETS, ModelPreset, preset_from_hf_config
 from ..schedule import add_schedule_arguments, schedule_from_args
 
@@ -43,15 +44,7 @@ def resolve_model(value: str) -> ModelPreset:
         return PRESETS[value]
     path = Path(value)
     if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise TransPruneError(f"{value}: directory has no config.json; pass a LLaVA checkpoint directory")
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TransPruneError(f"{config_file}: cannot read it as JSON ({exc})") from None
-        if not isinstance(config, dict):
-            raise TransPruneError(f"{config_file}: expected a JSON object, not {type(config).__name__}")
+        config = read_config(path)  # torch-free: checkpoints imports torch only to load
         return preset_from_hf_config(config, name=value)
     raise TransPruneError(
         f"unknown model {value!r}: not a preset ({', '.join(PRESETS)}) and not a directory; "
