@@ -17,7 +17,9 @@ from torch import nn
 
 from transprune import scoring
 
-from .modules import DecoderLayer, RMSNorm, additive_causal_mask, apply_rotary, linear, rotary
+from transprune.masks import additive_causal_mask, positions_from_mask
+
+from .modules import DecoderLayer, RMSNorm, apply_rotary, linear, rotary
 
 
 def _activation(name: str):
@@ -113,12 +115,6 @@ class PrefillInputsGraph(nn.Module):
         placed = torch.gather(image_features.to(embeddings.dtype), 1, index)
         hidden = torch.where(is_image[..., None], placed, embeddings)
         return hidden, positions_from_mask(attention_mask), image_start
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Contiguous positions of real tokens. CumSum in fp32: TensorRT's CumSum takes no int64."""
-    positions = attention_mask.float().cumsum(-1) - 1.0
-    return positions.clamp_min(0.0).to(torch.int64)
 
 
 class SegmentGraph(nn.Module):

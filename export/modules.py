@@ -53,15 +53,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos[:, None] + rotated * sin[:, None]
 
 
-def additive_causal_mask(key_mask: torch.Tensor, new_tokens: int, dtype: torch.dtype) -> torch.Tensor:
-    """key_mask [B, P+S] (1 real, 0 padding) -> [B, 1, S, P+S]: the S new tokens attend causally."""
-    total = key_mask.shape[1]
-    query_at = torch.arange(new_tokens, device=key_mask.device) + (total - new_tokens)
-    allowed = (torch.arange(total, device=key_mask.device)[None, :] <= query_at[:, None])[None, None]
-    allowed = allowed & (key_mask[:, None, None, :] > 0)
-    return torch.where(allowed, torch.zeros((), dtype=dtype), torch.full((), torch.finfo(dtype).min, dtype=dtype))
-
-
 class Attention(nn.Module):
     def __init__(self, weights: dict, prefix: str, *, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
         super().__init__()

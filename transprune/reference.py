@@ -28,6 +28,7 @@ import torch
 
 from .errors import TransPruneError
 from .generation import decode_loop
+from .masks import additive_causal_mask, positions_from_mask
 from .sampling import Sampler
 from .schedule import Schedule
 from . import scoring
@@ -89,20 +90,6 @@ class GenerationOutput:
     tokens: list[list[int]]  # per sample, generated ids (EOS included when reached)
     step_logits: list[torch.Tensor] = field(default_factory=list)  # [B, V] per step
     records: list[PruneRecord] = field(default_factory=list)
-
-
-def additive_mask(query_mask_len: int, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[B, T] key mask -> [B, 1, Q, T] additive causal mask for the last Q of the T positions."""
-    total = key_mask.shape[1]
-    q = torch.arange(total - query_mask_len, total, device=key_mask.device)[:, None]
-    k = torch.arange(total, device=key_mask.device)[None, :]
-    allowed = (k <= q)[None, None] & key_mask.bool()[:, None, None, :]
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
-def positions_from_mask(key_mask: torch.Tensor) -> torch.Tensor:
-    """Contiguous positions of the real tokens (0..n-1 per sample); padding gets 0."""
-    return (key_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def locate_image_span(input_ids: torch.Tensor, image_token_id: int, n_image: int) -> torch.Tensor:
@@ -193,7 +180,7 @@ class TransPruneReference:
             columns = image_start[:, None] + torch.arange(n_alive)
             positions = positions_from_mask(key_mask)
             rope = self.lm.rotary_emb(hidden, positions)
-            mask = additive_mask(hidden.shape[1], key_mask, hidden.dtype)
+            mask = additive_causal_mask(key_mask, hidden.shape[1], hidden.dtype)
             for layer in range(first, last + 1):
                 want_ttv = self.schedule.uses_ttv and layer in self.accumulate
                 hidden, ttv = self.run_layer(layer - 1, hidden, rope, mask, cache, key_mask, want_ttv)
@@ -235,7 +222,7 @@ class TransPruneReference:
             state.key_masks[stage] = key_mask
             positions = (state.next_position - state.removed[stage])[:, None]
             rope = self.lm.rotary_emb(hidden, positions)
-            mask = additive_mask(1, key_mask, hidden.dtype)
+            mask = additive_causal_mask(key_mask, 1, hidden.dtype)
             for layer in range(first, last + 1):
                 hidden, _ = self.run_layer(layer - 1, hidden, rope, mask, state.cache)
         state.next_position = state.next_position + 1
