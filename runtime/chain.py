@@ -50,11 +50,9 @@ class Chain:
         self.n_image = n_image
         self.segments = [g for g in graphs if g["kind"] == "segment"]
         self.scorers = {i: g for i, g in enumerate(g for g in graphs if g["kind"] == "scorer")}
-        self.kv_dtype = {}
-
-    @staticmethod
-    def _past_names(segment: dict) -> list[dict]:
-        return [t for t in segment["inputs"] if t["name"].startswith("past_")]
+        # past input spec -> present output name, per segment (read once from the manifest)
+        self.kv = [[(t, "present_" + t["name"][len("past_"):]) for t in s["inputs"] if t["name"].startswith("past_")]
+                   for s in self.segments]
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray):
         batch = input_ids.shape[0]
@@ -70,11 +68,11 @@ class Chain:
         stages = []
         for index, segment in enumerate(self.segments):
             feeds = {"hidden": hidden, "position_ids": positions, "attention_mask": mask}
-            for t in self._past_names(segment):
+            for t, _ in self.kv[index]:
                 _, heads, _, head_dim = t["axes"]
                 feeds[t["name"]] = np.zeros((batch, heads, 0, head_dim), dtype=hidden.dtype)
             out = self.run(segment["name"], feeds)
-            state.caches.append({t["name"]: out["present_" + t["name"][len("past_"):]] for t in self._past_names(segment)})
+            state.caches.append({t["name"]: out[present] for t, present in self.kv[index]})
             state.key_masks.append(mask)
             state.removed.append(self.n_image - alive.shape[1])
             hidden = out["hidden_out"]
@@ -104,7 +102,7 @@ class Chain:
             feeds = {"hidden": hidden, "position_ids": positions, "attention_mask": state.key_masks[index],
                      **state.caches[index]}
             out = self.run(segment["name"], feeds)
-            state.caches[index] = {name: out["present_" + name[len("past_"):]] for name in state.caches[index]}
+            state.caches[index] = {t["name"]: out[present] for t, present in self.kv[index]}
             hidden = out["hidden_out"]
         state.next_position = state.next_position + 1
         return self.run("head", {"hidden": hidden})["logits"]

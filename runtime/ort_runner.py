@@ -16,17 +16,16 @@ class OrtGraphs:
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        self.sessions = {}
-        self.outputs = {}
+        self.sessions, self.inputs, self.outputs = {}, {}, {}
         for graph in graphs:
             session = ort.InferenceSession(str(Path(build_dir) / graph["file"]), options,
                                            providers=providers or ["CPUExecutionProvider"])
             self.sessions[graph["name"]] = session
+            # names read once here, not on every call in the decode loop
+            self.inputs[graph["name"]] = frozenset(i.name for i in session.get_inputs())
             self.outputs[graph["name"]] = [o.name for o in session.get_outputs()]
-            self.inputs = None
 
     def run(self, name: str, feeds: dict) -> dict:
-        session = self.sessions[name]
-        wanted = {i.name for i in session.get_inputs()}
-        values = session.run(None, {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in wanted})
+        wanted = self.inputs[name]
+        values = self.sessions[name].run(None, {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in wanted})
         return dict(zip(self.outputs[name], values))
