@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from transprune.errors import TransPruneError
 from transprune.schedule import Schedule
 
 from . import graphs
@@ -11,21 +12,45 @@ from .specs import GraphSpec, ModelFacts
 from .weights import CheckpointWeights
 
 
-class _CastWeights:
-    """A weights view that converts floating tensors to the export dtype as they are read."""
+_SAFETENSORS_FLOAT = {"F16", "BF16", "F32", "F64"}
+_SAFETENSORS_INT = {"I64": torch.int64, "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+class MetaWeights:
+    """A weights view that hands out shape-only ``meta`` tensors and remembers where each came from.
+
+    Graph modules are built and traced on these, so building a 20-layer segment of a 7B model
+    costs no memory; the ONNX writer later streams each initializer's real values from the
+    checkpoint (``load``), cast to the export dtype, one tensor at a time.
+    """
 
     def __init__(self, weights: CheckpointWeights, dtype: torch.dtype) -> None:
         self.weights, self.dtype = weights, dtype
+        self._sources: dict[int, str] = {}  # storage identity of a handed-out tensor -> checkpoint name
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        tensor = self.weights[name]
-        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
+        shape, kind = self.weights.describe(name)
+        dtype = self.dtype if kind in _SAFETENSORS_FLOAT else _SAFETENSORS_INT.get(kind)
+        if dtype is None:
+            raise TransPruneError(f"{self.weights.directory}: tensor {name!r} has unsupported dtype {kind}")
+        tensor = torch.empty(shape, dtype=dtype, device="meta")
+        self._sources[tensor.untyped_storage()._cdata] = name
+        return tensor
 
     def __contains__(self, name: str) -> bool:
         return name in self.weights
 
     def get(self, name: str, default=None):
         return self[name] if name in self else default
+
+    def source(self, parameter: torch.Tensor) -> str | None:
+        """The checkpoint name a module parameter was built from (nn.Parameter shares storage)."""
+        return self._sources.get(parameter.untyped_storage()._cdata)
+
+    def load(self, name: str) -> torch.Tensor:
+        """The real values of checkpoint tensor ``name`` in the export dtype."""
+        tensor = self.weights[name]
+        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
 
 def text_config_dict(config) -> dict:
@@ -35,8 +60,6 @@ def text_config_dict(config) -> dict:
     if text.get("rope_theta") is None:
         text["rope_theta"] = rope.get("rope_theta", 10000.0)
     if rope.get("rope_type", "default") != "default":
-        from transprune.errors import TransPruneError
-
         raise TransPruneError(f"RoPE scaling {rope.get('rope_type')!r} is not supported by the exporter yet")
     text["head_dim"] = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     text["num_key_value_heads"] = text.get("num_key_value_heads") or text["num_attention_heads"]
@@ -51,12 +74,20 @@ def model_facts(config) -> ModelFacts:
         num_kv_heads=text["num_key_value_heads"], head_dim=text["head_dim"], vocab_size=text["vocab_size"],
         image_size=vision.image_size, n_image=(vision.image_size // vision.patch_size) ** 2,
         image_token_id=config.image_token_id,
+        eos_token_id=_first_id(text.get("eos_token_id")), pad_token_id=_first_id(text.get("pad_token_id")),
     )
 
 
-def build_module(spec: GraphSpec, weights: CheckpointWeights, config, schedule: Schedule, dtype: torch.dtype):
-    """(module, variadic_from): variadic_from is where forward's *args start (for dynamic shapes)."""
-    w = _CastWeights(weights, dtype)
+def _first_id(value):
+    """Token ids in configs are an int, a list of ints (several EOS ids) or None."""
+    return value[0] if isinstance(value, list) and value else value
+
+
+def build_module(spec: GraphSpec, w: MetaWeights, config, schedule: Schedule):
+    """(module, variadic_from): variadic_from is where forward's *args start (for dynamic shapes).
+
+    The module's parameters are shape-only tensors from ``w``; it is for tracing, not running.
+    """
     text = text_config_dict(config)
     if spec.kind == "vision":
         return graphs.VisionGraph(w, vision_config=config.vision_config.to_dict(),

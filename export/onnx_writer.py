@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from pathlib import Path
 
 import torch
 
+from .builder import MetaWeights
 from .specs import GraphSpec, TensorSpec
 
 # Concrete sizes for tracing. Distinct values above 1 so torch.export keeps every named axis
@@ -71,27 +71,48 @@ def dynamic_shapes(spec: GraphSpec, *, variadic_from: int | None = None):
 
 
 def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: tuple, opset: int,
-                 variadic_from: int | None = None) -> None:
-    """Writes ``path`` (and ``path.data`` for large graphs)."""
+                 weights: MetaWeights, variadic_from: int | None = None) -> int:
+    """Writes ``path`` (and ``path.data`` for large graphs); returns the bytes of weights written.
+
+    ``module`` is built on shape-only ``meta`` weights, so tracing holds no weights at all. Every
+    initializer that comes from a parameter becomes a lazy tensor that reads its checkpoint tensor
+    when the file is written, and large graphs are written to external data a few tensors at a
+    time: peak memory is about one layer, whatever the model size.
+    """
+    import onnx_ir as ir
+    import onnxscript
+
     module.eval()
-    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    meta_args = tuple(a.to("meta") for a in args)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        # optimize=False: the optimizer needs initializer values; it runs below, once they are lazy
         program = torch.onnx.export(
-            module, args, dynamo=True, opset_version=opset, optimize=True, verbose=False,
+            module, meta_args, dynamo=True, opset_version=opset, optimize=False, verbose=False,
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
             dynamic_shapes=dynamic_shapes(spec, variadic_from=variadic_from),
         )
-        if program is None:
-            raise RuntimeError(f"torch.onnx.export returned nothing for {spec.name}")
-        external = weight_bytes > EXTERNAL_DATA_BYTES
-        program.save(str(path), external_data=external)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    if program is None:
+        raise RuntimeError(f"torch.onnx.export returned nothing for {spec.name}")
+    model = program.model
+    sources = {name: weights.source(p) for name, p in module.named_parameters()}
+    weight_bytes = 0
+    for name, value in model.graph.initializers.items():
+        tensor = getattr(value.const_value, "raw", None)
+        if not (isinstance(tensor, torch.Tensor) and tensor.is_meta):
+            continue  # a constant the exporter computed (it has real values)
+        source = sources.get(name)
+        if source is None:
+            raise RuntimeError(f"{spec.name}: initializer {name!r} is not a checkpoint tensor")
+        value.const_value = ir.LazyTensor(lambda source=source: ir.tensor(weights.load(source).numpy()),
+                                          dtype=value.const_value.dtype, shape=value.const_value.shape, name=name)
+        weight_bytes += tensor.numel() * tensor.element_size()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnxscript.optimizer.optimize_ir(model)
+    if weight_bytes > EXTERNAL_DATA_BYTES:
+        ir.save(model, path, external_data=f"{path.name}.data", max_workers=1)
+    else:
+        ir.save(model, path)
+    return weight_bytes

@@ -1,7 +1,7 @@
 """Lazy access to a checkpoint's safetensors weights under one canonical naming.
 
-The exporter builds one graph at a time and loads only that graph's tensors (safetensors maps the
-file and reads a tensor when asked), so exporting a 14 GB model never holds it all in memory.
+The exporter builds one graph at a time and reads each tensor only when that graph's file is
+written, one tensor at a time, so exporting a 14 GB model never holds it all in memory.
 
 Checkpoints in the wild name the same tensor differently (llava-hf's original layout, the layout
 transformers 5 writes, with or without ``vision_model.``); every name is mapped to:
@@ -35,26 +35,71 @@ def canonical_name(name: str) -> str | None:
     return None  # a tensor transprune does not use
 
 
+# safetensors dtype codes -> (torch dtype name, bytes per element)
+_DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+           "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
+           "BOOL": ("bool", 1)}
+_MAX_HEADER = 100 << 20  # a real header is kilobytes; anything this large is corrupt or hostile
+
+
+class _Entry:
+    __slots__ = ("file", "key", "dtype", "shape", "begin", "end")
+
+    def __init__(self, file: Path, key: str, dtype: str, shape: tuple, begin: int, end: int) -> None:
+        self.file, self.key, self.dtype, self.shape, self.begin, self.end = file, key, dtype, shape, begin, end
+
+
+def read_safetensors_header(file: Path) -> dict[str, _Entry]:
+    """The tensor table of a safetensors file, checked: sizes, offsets and dtypes must be consistent."""
+    import json as _json
+
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        raw = f.read(8)
+        length = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if not 0 < length <= min(_MAX_HEADER, size - 8):
+            raise TransPruneError(f"{file}: not a readable safetensors file (bad header length)")
+        try:
+            header = _json.loads(f.read(length))
+        except (UnicodeDecodeError, ValueError):
+            raise TransPruneError(f"{file}: not a readable safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise TransPruneError(f"{file}: not a readable safetensors file (header is not a table)")
+    data_start, entries = 8 + length, {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            itemsize = _DTYPES[dtype][1]
+        except (KeyError, TypeError, ValueError):
+            raise TransPruneError(f"{file}: tensor {key!r} has an invalid or unsupported header entry") from None
+        count = 1
+        for dim in shape:
+            count *= dim
+        if not (0 <= begin <= end <= size - data_start and end - begin == count * itemsize):
+            raise TransPruneError(f"{file}: tensor {key!r} has data offsets that do not match its shape "
+                                  f"(file truncated or corrupt)")
+        entries[key] = _Entry(file, key, dtype, shape, data_start + begin, data_start + end)
+    return entries
+
+
 class CheckpointWeights:
-    """``weights["text.layers.3.mlp.up_proj.weight"]`` -> a torch tensor read on demand."""
+    """``weights["text.layers.3.mlp.up_proj.weight"]`` -> a torch tensor read on demand.
+
+    Tensors are read with plain positioned reads, not memory-mapped: a mapping keeps every page
+    it touched resident for as long as it is open, so exporting a 14 GB checkpoint through one
+    would grow the process to 14 GB even though each tensor is needed only briefly.
+    """
 
     def __init__(self, directory: Path) -> None:
-        from safetensors import safe_open
-
         self.directory = Path(directory)
-        files = self._shard_files()
-        self._handles = {}
-        self._where: dict[str, tuple[str, str]] = {}
-        for file in files:
-            try:
-                handle = safe_open(str(file), framework="pt")
-            except Exception as exc:  # safetensors raises its own error types for corrupt headers
-                raise TransPruneError(f"{file}: not a readable safetensors file ({exc})") from None
-            self._handles[file.name] = handle
-            for key in handle.keys():
+        self._where: dict[str, _Entry] = {}
+        for file in self._shard_files():
+            for key, entry in read_safetensors_header(file).items():
                 canonical = canonical_name(key)
                 if canonical is not None:
-                    self._where[canonical] = (file.name, key)
+                    self._where[canonical] = entry
 
     def _shard_files(self) -> list[Path]:
         index = self.directory / "model.safetensors.index.json"
@@ -77,15 +122,33 @@ class CheckpointWeights:
     def __contains__(self, name: str) -> bool:
         return name in self._where
 
-    def __getitem__(self, name: str):
+    def _entry(self, name: str) -> _Entry:
         try:
-            file, key = self._where[name]
+            return self._where[name]
         except KeyError:
             raise TransPruneError(f"{self.directory}: checkpoint has no tensor for {name!r}") from None
-        return self._handles[file].get_tensor(key)
+
+    def __getitem__(self, name: str):
+        import torch
+
+        entry = self._entry(name)
+        buffer = bytearray(entry.end - entry.begin)
+        with open(entry.file, "rb") as f:
+            f.seek(entry.begin)
+            if f.readinto(buffer) != len(buffer):
+                raise TransPruneError(f"{entry.file}: tensor {entry.key!r} is cut short (file truncated)")
+        dtype = getattr(torch, _DTYPES[entry.dtype][0])
+        if not buffer:
+            return torch.empty(entry.shape, dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(entry.shape)
 
     def get(self, name: str, default=None):
         return self[name] if name in self else default
+
+    def describe(self, name: str) -> tuple[tuple[int, ...], str]:
+        """(shape, safetensors dtype such as "F16") of a tensor, from the header only."""
+        entry = self._entry(name)
+        return entry.shape, entry.dtype
 
     def names(self, prefix: str = "") -> list[str]:
         return sorted(n for n in self._where if n.startswith(prefix))
