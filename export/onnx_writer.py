@@ -87,7 +87,7 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        # optimize=False: the optimizer needs initializer values; it runs below, once they are lazy
+        # optimize=False: the optimizer cannot run on meta initializers; it runs below
         program = torch.onnx.export(
             module, meta_args, dynamo=True, opset_version=opset, optimize=False, verbose=False,
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
@@ -97,20 +97,26 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: 
         raise RuntimeError(f"torch.onnx.export returned nothing for {spec.name}")
     model = program.model
     sources = {name: weights.source(p) for name, p in module.named_parameters()}
-    weight_bytes = 0
+    # The optimizer runs while weight initializers have no value at all: it must neither try to
+    # read a meta tensor nor read real weights (its de-duplication pass compares every
+    # initializer's bytes, which for a 20-layer 7B segment would hold 8 GB at once).
     for name, value in model.graph.initializers.items():
         tensor = getattr(value.const_value, "raw", None)
-        if not (isinstance(tensor, torch.Tensor) and tensor.is_meta):
-            continue  # a constant the exporter computed (it has real values)
-        source = sources.get(name)
-        if source is None:
-            raise RuntimeError(f"{spec.name}: initializer {name!r} is not a checkpoint tensor")
-        value.const_value = ir.LazyTensor(lambda source=source: ir.tensor(weights.load(source).numpy()),
-                                          dtype=value.const_value.dtype, shape=value.const_value.shape, name=name)
-        weight_bytes += tensor.numel() * tensor.element_size()
+        if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+            if sources.get(name) is None:
+                raise RuntimeError(f"{spec.name}: initializer {name!r} is not a checkpoint tensor")
+            value.const_value = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onnxscript.optimizer.optimize_ir(model)
+    weight_bytes = 0
+    for name, value in model.graph.initializers.items():
+        if value.const_value is not None:
+            continue  # a constant the exporter computed (it has real values)
+        source = sources[name]
+        value.const_value = ir.LazyTensor(lambda source=source: ir.tensor(weights.load(source).numpy()),
+                                          dtype=value.dtype, shape=value.shape, name=name)
+        weight_bytes += value.const_value.nbytes
     if weight_bytes > EXTERNAL_DATA_BYTES:
         ir.save(model, path, external_data=f"{path.name}.data", max_workers=1)
     else:
