@@ -129,14 +129,22 @@ class TransPruneReference:
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the projected image features written into the image slots."""
         embeds = self.lm.embed_tokens(input_ids)
+        features = self.image_features(pixel_values).to(embeds.dtype)
+        slots = (input_ids == self.config.image_token_id)[..., None]
+        return embeds.masked_scatter(slots, features)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [B, 3, H, W] -> projected image features [B, N, D] (transformers' own path)."""
         features = self.model.model.get_image_features(
-            pixel_values=pixel_values.to(embeds.dtype),
+            pixel_values=pixel_values.to(self.lm.embed_tokens.weight.dtype),
             vision_feature_layer=self.config.vision_feature_layer,
             vision_feature_select_strategy=self.config.vision_feature_select_strategy,
         ).pooler_output
-        features = torch.cat(list(features), dim=0).to(embeds.dtype)
-        slots = (input_ids == self.config.image_token_id)[..., None]
-        return embeds.masked_scatter(slots, features)
+        return torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, S, D] -> logits [B, V] of the last position (final norm + lm_head)."""
+        return self.model.lm_head(self.lm.norm(hidden[:, -1:]))[:, -1]
 
     def run_layer(self, index, hidden, rope, mask, cache, token_mask=None, want_ttv=False):
         """One decoder layer exactly as LlamaDecoderLayer.forward, exposing TTV's four tensors."""
@@ -164,6 +172,31 @@ class TransPruneReference:
         q, k = apply_rotary_pos_emb(q, k, *rope)
         return scoring.instruction_attention(q, k, mask, instruction, image_columns, attn.scaling)
 
+    def prune(self, stage, hidden, key_mask, image_start, alive, ttv_sum, rope, mask):
+        """Scores the alive image tokens after segment ``stage`` and keeps the top ones.
+
+        hidden [B, S, D], key_mask [B, S], image_start [B], alive [B, N] (original indices),
+        ttv_sum [B, N] (TTV summed so far); rope and mask as the segment's last layer used them.
+        Returns the compacted hidden [B, S', D], key_mask [B, S'], ttv_sum [B, keep] and the record.
+        """
+        last = self.segments[stage][1]
+        keep = self.keep_counts[stage]
+        n_alive = alive.shape[1]
+        columns = image_start[:, None] + torch.arange(n_alive)
+        ttv_part = scoring.normalise(ttv_sum) if self.schedule.uses_ttv else None
+        iga_part = None
+        if self.schedule.uses_iga:
+            after_image = torch.arange(hidden.shape[1])[None, :] >= (image_start + n_alive)[:, None]
+            instruction = after_image & key_mask.bool()
+            iga_part = scoring.normalise(self.iga(last, hidden, rope, mask, columns, instruction))
+        score = scoring.combine(ttv_part, iga_part, self.schedule.alpha)
+        kept_local = scoring.select_kept(score, keep)
+        index = scoring.kept_sequence_index(hidden.shape[1], image_start, n_alive, kept_local)
+        record = PruneRecord(after_layer=last, keep=keep, scored=alive, ttv=ttv_part, iga=iga_part, score=score,
+                             kept=torch.gather(alive, 1, kept_local))
+        hidden = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))
+        return hidden, torch.gather(key_mask, 1, index), torch.gather(ttv_sum, 1, kept_local), record
+
     # -- prefill and decode --------------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, input_ids, attention_mask, pixel_values) -> PrefillOutput:
@@ -190,26 +223,11 @@ class TransPruneReference:
             removed.append(self.n_image - n_alive)
             if stage == len(self.segments) - 1:
                 break
-            # -- score and prune after layer `last` ------------------------------------------
-            keep = self.keep_counts[stage]
-            ttv_part = scoring.normalise(ttv_sum) if self.schedule.uses_ttv else None
-            iga_part = None
-            if self.schedule.uses_iga:
-                after_image = torch.arange(hidden.shape[1])[None, :] >= (image_start + n_alive)[:, None]
-                instruction = after_image & key_mask.bool()
-                iga_part = scoring.normalise(self.iga(last, hidden, rope, mask, columns, instruction))
-            score = scoring.combine(ttv_part, iga_part, self.schedule.alpha)
-            kept_local = scoring.select_kept(score, keep)
-            index = scoring.kept_sequence_index(hidden.shape[1], image_start, n_alive, kept_local)
-            records.append(PruneRecord(
-                after_layer=last, keep=keep, scored=alive, ttv=ttv_part, iga=iga_part, score=score,
-                kept=torch.gather(alive, 1, kept_local),
-            ))
-            hidden = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))
-            key_mask = torch.gather(key_mask, 1, index)
-            ttv_sum = torch.gather(ttv_sum, 1, kept_local)
-            alive = records[-1].kept
-        logits = self.model.lm_head(self.lm.norm(hidden[:, -1:]))[:, -1]
+            hidden, key_mask, ttv_sum, record = self.prune(
+                stage, hidden, key_mask, image_start, alive, ttv_sum, rope, mask)
+            records.append(record)
+            alive = record.kept
+        logits = self.head(hidden)
         state = DecodeState(cache, key_masks, removed, attention_mask.long().sum(-1))
         return PrefillOutput(logits=logits, records=records, state=state)
 
@@ -226,7 +244,7 @@ class TransPruneReference:
             for layer in range(first, last + 1):
                 hidden, _ = self.run_layer(layer - 1, hidden, rope, mask, state.cache)
         state.next_position = state.next_position + 1
-        return self.model.lm_head(self.lm.norm(hidden))[:, -1]
+        return self.head(hidden)
 
     def generate(
         self,
