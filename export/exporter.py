@@ -6,6 +6,7 @@ been exported (and, by default, validated), so a failure never leaves a half-wri
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -13,73 +14,90 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from transprune import __version__
 from transprune.errors import TransPruneError
+from transprune.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256
 from transprune.schedule import Schedule
 
-MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
-_DTYPES = {"fp32": "float32", "fp16": "float16"}
+DTYPES = {"fp32": "float32", "fp16": "float16"}
+OPSETS = range(18, 21)  # 18: the dynamo exporter's minimum; 20: the newest TensorRT 10 parses
+DEFAULT_MAX_TEXT_TOKENS = 1024
+_BYTES_PER = {"fp32": 4, "fp16": 2}
 _PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "preprocessor_config.json", "processor_config.json", "chat_template.json",
                     "chat_template.jinja")
 
+# progress(step, steps, label): called before each graph and before validation
+Progress = Callable[[int, int, str], None]
+
 
 def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: str = "fp32", opset: int = 18,
-                 force: bool = False, validate: bool = True, cache_dir: Path | None = None,
-                 progress=None) -> dict:
-    """Exports ``model`` pruned by ``schedule`` into ``out``; returns the manifest."""
+                 max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, force: bool = False, validate: bool = True,
+                 cache_dir: Path | None = None, progress: Progress | None = None) -> dict:
+    """Exports ``model`` pruned by ``schedule`` into ``out``; returns the manifest written there."""
     import torch
     import transformers
 
     from transprune.checkpoints import resolve_checkpoint
+    from transprune.flops import flops_report
 
-    from .builder import build_module, model_facts
-    from .onnx_writer import example_inputs, export_graph, sha256
+    from .builder import MetaWeights, build_module, model_facts
+    from .onnx_writer import example_inputs, export_graph
     from .specs import graph_specs
     from .trt_lint import lint_model
     from .weights import CheckpointWeights
 
     out = Path(out)
-    if dtype not in _DTYPES:
-        raise TransPruneError(f"--dtype {dtype!r} is not supported; use one of {', '.join(_DTYPES)}")
-    if not 18 <= opset <= 20:
+    if dtype not in DTYPES:
+        raise TransPruneError(f"--dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    if opset not in OPSETS:
         raise TransPruneError(f"--opset {opset} is outside 18..20 (18 is the exporter's minimum, "
                               f"20 TensorRT 10's maximum)")
     if out.exists() and not force:
         raise TransPruneError(f"{out} already exists; pass --force to replace it")
-    checkpoint, _ = resolve_checkpoint(model, cache_dir=cache_dir)
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise TransPruneError(f"{out} is a non-empty directory that is not a transprune build; refusing to "
+                              f"replace it even with --force (choose another --out)")
+    checkpoint, preset = resolve_checkpoint(model, cache_dir=cache_dir)
     config = transformers.LlavaConfig.from_pretrained(checkpoint, local_files_only=True)
     facts = model_facts(config)
     schedule.check_model(num_layers=facts.num_layers, n_image=facts.n_image)
+    limits = _limits(max_text_tokens, n_image=facts.n_image,
+                     max_positions=config.text_config.max_position_embeddings)
     specs = graph_specs(facts, schedule)
-    torch_dtype = getattr(torch, _DTYPES[dtype])
-    weights = CheckpointWeights(checkpoint)
-
+    checkpoint_weights = CheckpointWeights(checkpoint)
+    weights = MetaWeights(checkpoint_weights, getattr(torch, DTYPES[dtype]))
     out.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(out.parent, _estimated_bytes(checkpoint_weights, dtype))
+
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    steps = len(specs) + (1 if validate else 0)
     try:
         entries = []
         for number, spec in enumerate(specs, 1):
             started = time.perf_counter()
             if progress:
-                progress(number, len(specs), spec.name)
-            module, variadic_from = build_module(spec, weights, config, schedule, torch_dtype)
-            args = example_inputs(spec, torch_dtype, n_image=facts.n_image, image_token_id=facts.image_token_id)
+                progress(number, steps, _describe(spec))
+            module, variadic_from = build_module(spec, weights, config, schedule)
+            args = example_inputs(spec, weights.dtype, n_image=facts.n_image, image_token_id=facts.image_token_id)
             path = staging / f"{spec.name}.onnx"
-            export_graph(module, spec, path, args=args, opset=opset, variadic_from=variadic_from)
+            export_graph(module, spec, path, args=args, opset=opset, weights=weights, variadic_from=variadic_from)
             del module
             files = sorted(p.name for p in staging.glob(f"{spec.name}.onnx*"))
             lint = lint_model(path, name=spec.name)
-            entries.append({**spec.to_dict(), "file": f"{spec.name}.onnx",
+            entries.append({**_concrete_dtypes(spec.to_dict(), DTYPES[dtype]), "file": f"{spec.name}.onnx",
                             "trt_lint": {"ok": lint.ok, "errors": [i.message for i in lint.errors],
                                          "warnings": [i.message for i in lint.warnings]},
                             "sha256": {name: sha256(staging / name) for name in files},
+                            "bytes": sum((staging / name).stat().st_size for name in files),
                             "export_seconds": round(time.perf_counter() - started, 2)})
+        processor_files = {}
         for name in _PROCESSOR_FILES:
             if (checkpoint / name).is_file():
-                shutil.copy2(checkpoint / name, staging / name)
+                shutil.copyfile(checkpoint / name, staging / name)
+                processor_files[name] = sha256(staging / name)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "model": {"id": model, "config": config.to_dict(), "facts": facts.__dict__},
@@ -87,30 +105,89 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             "keep_counts": list(schedule.keep_counts(facts.n_image)),
             "dtype": dtype,
             "opset": opset,
+            "limits": limits,
+            "flops": flops_report(model=preset, schedule=schedule).to_dict(),
             "graphs": entries,
-            "processor_files": [n for n in _PROCESSOR_FILES if (staging / n).is_file()],
+            "processor_files": processor_files,
             "versions": _versions(),
         }
         if validate:
-            from .validate import validate_chain
+            from .validate import validate_build
 
-            manifest["validation"] = validate_chain(staging, manifest, checkpoint=checkpoint, schedule=schedule)
+            if progress:
+                progress(steps, steps, "validating against the PyTorch reference")
+            manifest["validation"] = validate_build(staging, manifest, checkpoint=checkpoint, schedule=schedule)
         # what callers get back is exactly what is on disk (tuples become lists)
         manifest = json.loads(json.dumps(manifest, default=str))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise TransPruneError(f"the disk holding {out.parent} is full (export needs about "
+                                  f"{_estimated_bytes(checkpoint_weights, dtype) / 1e9:.1f} GB); nothing was "
+                                  f"written. Free space or pass --out on another disk") from None
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
 
 
+def _concrete_dtypes(entry: dict, model_dtype: str) -> dict:
+    """The manifest names real types: a spec's "float" (the model dtype) becomes float32/float16."""
+    for tensor in (*entry["inputs"], *entry["outputs"]):
+        if tensor["dtype"] == "float":
+            tensor["dtype"] = model_dtype
+    return entry
+
+
+def _describe(spec) -> str:
+    if spec.kind == "segment":
+        return f"{spec.name} (layers {spec.layers[0]}-{spec.layers[1]})"
+    if spec.kind == "scorer":
+        return f"{spec.name} (after layer {spec.attrs['after_layer']}, keep {spec.attrs['keep']})"
+    return spec.name
+
+
+def _limits(max_text_tokens: int, *, n_image: int, max_positions: int) -> dict:
+    """Sequence limits the build promises (recorded for the runtime and TensorRT profiles)."""
+    if not isinstance(max_text_tokens, int) or max_text_tokens < 1:
+        raise TransPruneError(f"--max-text-tokens {max_text_tokens!r} must be a positive integer")
+    if max_text_tokens + n_image > max_positions:
+        raise TransPruneError(f"--max-text-tokens {max_text_tokens} plus {n_image} image tokens exceeds the model's "
+                              f"{max_positions} positions; use at most {max_positions - n_image}")
+    return {"max_text_tokens": max_text_tokens, "max_prompt_tokens": max_text_tokens + n_image,
+            "max_total_tokens": max_positions, "image_tokens": n_image}
+
+
+def _estimated_bytes(weights, dtype: str) -> int:
+    """Bytes the graphs will take: every checkpoint tensor once in the export dtype (plus the few
+    weights the scorers repeat, covered by the margin the caller adds)."""
+    total = 0
+    for name in weights.names():
+        shape, _ = weights.describe(name)
+        count = 1
+        for size in shape:
+            count *= size
+        total += count * _BYTES_PER[dtype]
+    return total
+
+
+def _check_free_space(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < needed * 1.1:
+        raise TransPruneError(f"{directory} has {free / 1e9:.1f} GB free but the export needs about "
+                              f"{needed * 1.1 / 1e9:.1f} GB; free space or pass --out on another disk")
+
+
 def _versions() -> dict:
     import onnx
+    import onnxruntime
     import torch
     import transformers
 
     return {"transprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "onnx": onnx.__version__, "python": sys.version.split()[0]}
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "python": sys.version.split()[0]}

@@ -43,6 +43,8 @@ class ModelFacts:
     image_size: int
     n_image: int
     image_token_id: int
+    eos_token_id: int | None = None  # recorded for hosts; the graphs do not use them
+    pad_token_id: int | None = None
 
 
 def _kv(layer: int, prefix: str, length_axis: str, facts: ModelFacts) -> list[TensorSpec]:
@@ -83,8 +85,14 @@ def graph_specs(facts: ModelFacts, schedule: Schedule) -> list[GraphSpec]:
             outputs += _kv(layer, "present", "total", facts)
         if ttv_layers and index < len(segments) - 1:
             outputs.append(TensorSpec("ttv", "float32", ("batch", "seq")))
+        kv = [[f"past_{part}.{layer}", f"present_{part}.{layer}"] for layer in range(first, last + 1)
+              for part in ("key", "value")]
+        # a decoded token's position in this segment: its full position minus the image tokens
+        # pruned before the segment (the cached sequence here is that much shorter)
+        shift = 0 if index == 0 else n - keep_counts[index - 1]
         specs.append(GraphSpec(f"segment_{index}", "segment", tuple(inputs), tuple(outputs), layers=(first, last),
-                               attrs={"ttv_layers": list(ttv_layers) if index < len(segments) - 1 else []}))
+                               attrs={"ttv_layers": list(ttv_layers) if index < len(segments) - 1 else [],
+                                      "kv": kv, "position_shift": shift}))
         if index == len(segments) - 1:
             break
         has_ttv_in = bool(ttv_layers)

@@ -50,9 +50,11 @@ class Chain:
         self.n_image = n_image
         self.segments = [g for g in graphs if g["kind"] == "segment"]
         self.scorers = {i: g for i, g in enumerate(g for g in graphs if g["kind"] == "scorer")}
-        # past input spec -> present output name, per segment (read once from the manifest)
-        self.kv = [[(t, "present_" + t["name"][len("past_"):]) for t in s["inputs"] if t["name"].startswith("past_")]
-                   for s in self.segments]
+        # (past input spec, present output name) pairs per segment, read once from the manifest
+        self.kv = []
+        for segment in self.segments:
+            inputs = {t["name"]: t for t in segment["inputs"]}
+            self.kv.append([(inputs[past], present) for past, present in segment["attrs"]["kv"]])
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray):
         batch = input_ids.shape[0]

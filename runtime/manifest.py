@@ -1,0 +1,82 @@
+"""Reading a build directory's manifest.json safely (standard library only).
+
+A build directory may come from anywhere (copied to a Jetson, downloaded), so nothing in it is
+trusted: the schema version must be one this code knows, every file it names must resolve inside
+the directory (no absolute paths, no ``..``, no symlinks out), and every file's sha256 must match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from transprune.errors import TransPruneError
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class ManifestError(TransPruneError):
+    """The build directory is missing, incomplete, tampered with or from an unknown version."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_inside(build_dir: Path, name: str) -> Path:
+    """``build_dir / name``, refusing any name that would lead outside ``build_dir``."""
+    root = Path(build_dir).resolve()
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or "\\" in name:
+        raise ManifestError(f"{build_dir}: manifest names the file {name!r}, which is not a plain relative path")
+    path = (root / name).resolve()
+    if path != root and root not in path.parents:
+        raise ManifestError(f"{build_dir}: manifest file {name!r} escapes the build directory; refusing to read it")
+    return path
+
+
+def manifest_files(manifest: dict) -> dict[str, str]:
+    """Every file the manifest vouches for: {relative name: sha256}."""
+    files = {}
+    for graph in manifest.get("graphs", []):
+        files.update(graph.get("sha256", {}))
+    files.update(manifest.get("processor_files", {}))
+    return files
+
+
+def load_manifest(build_dir: Path, *, verify: bool = True) -> dict:
+    """The parsed manifest of ``build_dir``; with ``verify`` every file is checked against its sha256."""
+    build_dir = Path(build_dir)
+    path = build_dir / MANIFEST
+    if not build_dir.is_dir():
+        raise ManifestError(f"build directory {build_dir} does not exist; create one with transprune-export")
+    if not path.is_file():
+        raise ManifestError(f"{build_dir} has no {MANIFEST}; it is not a transprune build directory "
+                            f"(create one with transprune-export)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}); re-export the build") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise ManifestError(f"{path}: schema version {found!r}, but this transprune reads version "
+                            f"{SCHEMA_VERSION}; re-export the build with this version")
+    for key in ("graphs", "model", "schedule", "dtype"):
+        if key not in manifest:
+            raise ManifestError(f"{path}: required field {key!r} is missing; re-export the build")
+    for graph in manifest["graphs"]:
+        resolve_inside(build_dir, graph.get("file"))
+    for name, expected in manifest_files(manifest).items():
+        file = resolve_inside(build_dir, name)
+        if not file.is_file():
+            raise ManifestError(f"{build_dir}: {name} is listed in the manifest but missing; copy the whole "
+                                f"build directory")
+        if verify and sha256(file) != expected:
+            raise ManifestError(f"{build_dir}: {name} does not match its sha256 in the manifest (corrupt or "
+                                f"modified); copy or export the build again")
+    return manifest

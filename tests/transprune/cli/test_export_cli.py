@@ -1,0 +1,152 @@
+"""``transprune-export``: a real export through the CLI, ``--check-trt``, and every user error
+as one line on stderr with exit status 2 and nothing left behind."""
+
+import json
+import shutil
+
+import onnx
+import pytest
+from onnx import helper
+
+from transprune.cli.export import main, summary_table
+from transprune.runtime.manifest import MANIFEST, sha256
+
+
+def test_iga_only_export_through_the_cli_matches_the_reference(tmp_path, tiny_checkpoint, capsys):
+    out = tmp_path / "iga"
+    assert main(["--model", str(tiny_checkpoint), "--out", str(out), "--schedule", "iga-only",
+                 "--max-text-tokens", "256"]) == 0
+    printed = capsys.readouterr()
+    assert "kept indices and 16 greedy tokens identical to the PyTorch reference" in printed.out
+    assert "576 -> 504 -> 360 -> 72" in printed.out
+    assert "[" in printed.err and "11/12" in printed.err  # the progress bar
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["schedule"]["criterion"] == "iga"
+    assert manifest["validation"]["chain"]["exact"] and manifest["validation"]["chain"]["tokens_identical"] == 16
+    assert manifest["limits"]["max_text_tokens"] == 256
+    assert manifest["limits"]["max_prompt_tokens"] == 256 + 576
+    # IGA-only scorers take no TTV inputs and segments produce none
+    scorers = [g for g in manifest["graphs"] if g["kind"] == "scorer"]
+    assert all("ttv_sum" not in [t["name"] for t in g["inputs"]] for g in scorers)
+    assert all("ttv" not in [t["name"] for t in g["outputs"]] for g in manifest["graphs"] if g["kind"] == "segment")
+
+
+def test_summary_table_lists_every_graph(paper_build):
+    _, manifest = paper_build
+    table = summary_table(manifest).splitlines()
+    assert table[0].split() == ["graph", "runs", "size", "max", "error", "TensorRT", "lint"]
+    assert [line.split()[0] for line in table[2:]] == [g["name"] for g in manifest["graphs"]]
+    assert "layers 1-7" in table[5] and "keep 504 after layer 7" in table[6]
+
+
+def test_check_trt_passes_on_the_default_export(paper_build, capsys):
+    out, manifest = paper_build
+    assert main(["--check-trt", str(out)]) == 0
+    assert f"{len(manifest['graphs'])}/{len(manifest['graphs'])} graphs pass" in capsys.readouterr().out
+
+
+def test_check_trt_flags_a_planted_unsupported_operator(paper_build, tmp_path, capsys):
+    out, _ = paper_build
+    copy = tmp_path / "planted"
+    shutil.copytree(out, copy)
+    model = onnx.load(copy / "head.onnx")
+    logits = model.graph.output[0].name
+    model.graph.node[-1].output[0] = "raw_logits"
+    model.graph.node.append(helper.make_node("Det", ["raw_logits"], [logits]))  # TensorRT has no Det
+    onnx.save(model, copy / "head.onnx")
+    manifest = json.loads((copy / MANIFEST).read_text())
+    head = next(g for g in manifest["graphs"] if g["name"] == "head")
+    head["sha256"]["head.onnx"] = sha256(copy / "head.onnx")  # a legitimate rebuild, not tampering
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    assert main(["--check-trt", str(copy)]) == 1
+    printed = capsys.readouterr().out
+    assert "head: FAILS" in printed and "Det" in printed
+
+
+def test_check_trt_refuses_a_tampered_build(paper_build, tmp_path, capsys):
+    out, _ = paper_build
+    copy = tmp_path / "tampered"
+    shutil.copytree(out, copy)
+    with open(copy / "scorer_0.onnx", "ab") as f:
+        f.write(b"\0")
+    assert main(["--check-trt", str(copy)]) == 2
+    assert "scorer_0.onnx does not match its sha256" in capsys.readouterr().err
+
+
+def _user_error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("transprune-export: error: ") and "Traceback" not in err
+    return err
+
+
+def test_real_model_without_local_weights_names_the_hub_id(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    err = _user_error(["--model", "llava-1.5-7b", "--out", str(tmp_path / "b")], capsys)
+    assert "llava-hf/llava-1.5-7b-hf" in err and "--model DIR" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_not_a_llava_checkpoint(tmp_path, capsys):
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    err = _user_error(["--model", str(tmp_path / "llama"), "--out", str(tmp_path / "b")], capsys)
+    assert "llama" in err
+
+
+def test_missing_checkpoint_directory(tmp_path, capsys):
+    assert "does not exist" in _user_error(["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")],
+                                           capsys)
+
+
+def test_invalid_schedule_is_refused_before_any_work(tmp_path, tiny_checkpoint, capsys):
+    err = _user_error(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--prune", "7,20"], capsys)
+    assert "20" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--opset", "21"], "outside 18..20"),
+    (["--max-text-tokens", "0"], "must be a positive integer"),
+    (["--max-text-tokens", "5000"], "exceeds the model's"),
+])
+def test_bad_limits(tmp_path, tiny_checkpoint, capsys, flags, message):
+    assert message in _user_error(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "b"), *flags], capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_directory_needs_force_and_foreign_ones_are_never_replaced(tmp_path, tiny_checkpoint, capsys):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "precious.txt").write_text("keep me")
+    assert "pass --force" in _user_error(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "b")], capsys)
+    err = _user_error(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--force"], capsys)
+    assert "not a transprune build" in err
+    assert (tmp_path / "b" / "precious.txt").read_text() == "keep me"
+
+
+def test_full_disk_is_caught_before_writing(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    from collections import namedtuple
+
+    from transprune.export import exporter
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(exporter.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    err = _user_error(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "b")], capsys)
+    assert "GB free but the export needs about" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_filling_up_midway_leaves_nothing(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    from transprune.export import onnx_writer
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_writer, "export_graph", full)
+    assert "is full" in _user_error(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "b")], capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_trt_takes_no_out(tmp_path, capsys):
+    assert main(["--check-trt", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "takes no --out" in capsys.readouterr().err

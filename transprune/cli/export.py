@@ -1,0 +1,179 @@
+"""``transprune-export``: a LLaVA checkpoint -> a build directory of ONNX graphs and a manifest.
+
+    transprune-export [--model tiny] [--out DIR] [--schedule paper] [--dtype fp32] ...
+    transprune-export --check-trt DIR      re-run the TensorRT lint on an existing build
+
+A thin shim over ``transprune.export.exporter.export_model``: parsing, a progress bar on stderr,
+and a summary table at the end. User errors are one line on stderr and exit status 2; a build
+that fails the TensorRT lint under ``--check-trt`` exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import TransPruneError
+from ..schedule import add_schedule_arguments, schedule_from_args
+from ._common import run_user_command
+
+PROG = "transprune-export"
+LINT_FAILED_EXIT = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny",
+                        help="tiny (default, built offline), llava-1.5-7b / llava-1.5-13b (from the local "
+                             "Hugging Face cache), a hub id already in that cache, or a checkpoint directory")
+    parser.add_argument("--out", type=Path,
+                        help="build directory to write (default: exports/<model>-<schedule>)")
+    add_schedule_arguments(parser)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"],
+                        help="weights and activations of the graphs (default: fp32)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18..20 (default: 18)")
+    parser.add_argument("--max-text-tokens", type=int, default=None,
+                        help="longest text prompt (without image tokens) the build promises to accept; "
+                             "recorded for the runtime and TensorRT profiles (default: 1024)")
+    parser.add_argument("--no-validate", action="store_true",
+                        help="skip the comparison with the PyTorch reference (it loads the whole model)")
+    parser.add_argument("--force", action="store_true", help="replace an existing build directory")
+    parser.add_argument("--check-trt", type=Path, metavar="DIR",
+                        help="only re-run the TensorRT lint on the build in DIR and print its report")
+    parser.add_argument("--json", action="store_true", help="print the manifest (or lint report) as JSON")
+    return parser
+
+
+class ProgressBar:
+    """``[#####.....] 4/11 segment_0 (layers 1-7)  12 s`` on stderr; one line per step when not a TTY."""
+
+    def __init__(self, stream=sys.stderr, width: int = 24) -> None:
+        self.stream, self.width = stream, width
+        self.started = time.perf_counter()
+        self.tty = stream.isatty()
+
+    def __call__(self, step: int, steps: int, label: str) -> None:
+        done = int(self.width * (step - 1) / steps)
+        line = f"[{'#' * done}{'.' * (self.width - done)}] {step}/{steps} {label}  {self.elapsed():.0f} s"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes} B"
+
+
+def summary_table(manifest: dict) -> str:
+    """One row per graph: what it runs, its size, its worst validation error, its lint status."""
+    graphs_report = (manifest.get("validation") or {}).get("graphs", {})
+    rows = [("graph", "runs", "size", "max error", "TensorRT lint")]
+    for graph in manifest["graphs"]:
+        if graph["kind"] == "segment":
+            runs = f"layers {graph['layers'][0]}-{graph['layers'][1]}"
+        elif graph["kind"] == "scorer":
+            runs = f"keep {graph['attrs']['keep']} after layer {graph['attrs']['after_layer']}"
+        else:
+            runs = graph["kind"]
+        errors = graphs_report.get(graph["name"], {}).get("max_error")
+        error = f"{max(errors.values()):.1e}" if errors else "-"
+        lint = graph["trt_lint"]
+        status = "ok" if lint["ok"] else f"{len(lint['errors'])} error(s)"
+        if lint["warnings"]:
+            status += f", {len(lint['warnings'])} warning(s)"
+        rows.append((graph["name"], runs, _size(graph["bytes"]), error, status))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _report(manifest: dict, out: Path, seconds: float) -> str:
+    lines = [summary_table(manifest), ""]
+    total = sum(g["bytes"] for g in manifest["graphs"])
+    stages = " -> ".join(str(n) for n in [manifest["model"]["facts"]["n_image"], *manifest["keep_counts"]])
+    lines.append(f"{len(manifest['graphs'])} graphs, {_size(total)} ({manifest['dtype']}, opset {manifest['opset']}) "
+                 f"in {out} after {seconds:.0f} s")
+    flops = manifest["flops"]
+    lines.append(f"schedule {manifest['schedule']['name']}: image tokens {stages}; prefill FLOPs "
+                 f"{flops['pruned_tflops']:.3g}/{flops['baseline_tflops']:.3g} TFLOPs = {flops['ratio']:.1%} "
+                 f"(paper convention), whole prompt with IGA {flops['whole_prompt_with_iga']['ratio']:.1%}")
+    chain = (manifest.get("validation") or {}).get("chain")
+    if chain:
+        verdict = ("kept indices and 16 greedy tokens identical to the PyTorch reference" if chain["exact"] else
+                   f"{chain['tokens_identical']}/16 tokens identical, kept overlap "
+                   f"{min(chain['kept_overlap']):.1%} (fp16)")
+        lines.append(f"validation: every graph at 3 sizes within tolerance; chain: {verdict}; max logit error "
+                     f"{chain['max_logit_error']:.1e}")
+    else:
+        lines.append("validation: skipped (--no-validate)")
+    return "\n".join(lines)
+
+
+def check_trt(build_dir: Path, *, as_json: bool) -> int:
+    from ..export.trt_lint import lint_model
+    from ..runtime.manifest import load_manifest, resolve_inside
+
+    manifest = load_manifest(build_dir)
+    reports = [lint_model(resolve_inside(build_dir, g["file"]), name=g["name"]) for g in manifest["graphs"]]
+    if as_json:
+        print(json.dumps({r.graph: {"ok": r.ok, "errors": [i.message for i in r.errors],
+                                   "warnings": [i.message for i in r.warnings]} for r in reports}, indent=1))
+    else:
+        for report in reports:
+            print(f"{report.graph}: {'ok' if report.ok else 'FAILS'}")
+            for issue in report.errors:
+                print(f"  error: {issue.message}")
+            for issue in report.warnings:
+                print(f"  warning: {issue.message}")
+        failed = sum(not r.ok for r in reports)
+        print(f"{len(reports) - failed}/{len(reports)} graphs pass the TensorRT 10 lint")
+    return 0 if all(r.ok for r in reports) else LINT_FAILED_EXIT
+
+
+def run(args) -> int:
+    from ..export.exporter import DEFAULT_MAX_TEXT_TOKENS, export_model
+
+    if args.check_trt is not None:
+        return check_trt(args.check_trt, as_json=args.json)
+    schedule = schedule_from_args(args)
+    out = args.out or Path("exports") / f"{Path(args.model).name}-{schedule.name}"
+    bar = ProgressBar()
+    try:
+        manifest = export_model(
+            model=args.model, out=out, schedule=schedule, dtype=args.dtype, opset=args.opset,
+            max_text_tokens=args.max_text_tokens if args.max_text_tokens is not None else DEFAULT_MAX_TEXT_TOKENS,
+            force=args.force, validate=not args.no_validate, progress=bar,
+        )
+    finally:
+        bar.finish()
+    print(json.dumps(manifest, indent=1) if args.json else _report(manifest, out, bar.elapsed()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.check_trt is not None and args.out is not None:
+        print(f"{PROG}: error: --check-trt inspects an existing build; it takes no --out", file=sys.stderr)
+        return 2
+    return run_user_command(PROG, lambda: run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
