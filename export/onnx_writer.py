@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -70,6 +71,18 @@ def dynamic_shapes(spec: GraphSpec, *, variadic_from: int | None = None):
     return tuple(shapes)
 
 
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
 def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: tuple, opset: int,
                  weights: MetaWeights, variadic_from: int | None = None) -> int:
     """Writes ``path`` (and ``path.data`` for large graphs); returns the bytes of weights written.
@@ -106,9 +119,9 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: 
             if sources.get(name) is None:
                 raise RuntimeError(f"{spec.name}: initializer {name!r} is not a checkpoint tensor")
             value.const_value = None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript"):
         warnings.simplefilter("ignore")
-        onnxscript.optimizer.optimize_ir(model)
+        onnxscript.optimizer.optimize_ir(model)  # logs a warning per value-less initializer
     weight_bytes = 0
     for name, value in model.graph.initializers.items():
         if value.const_value is not None:
