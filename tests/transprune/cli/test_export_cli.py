@@ -91,7 +91,7 @@ def test_not_a_llava_checkpoint(tmp_path, capsys):
     (tmp_path / "llama").mkdir()
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     err = _user_error(["--model", str(tmp_path / "llama"), "--out", str(tmp_path / "b")], capsys)
-    assert "llama" in err
+    assert "holds a 'llama' model" in err
 
 
 def test_missing_checkpoint_directory(tmp_path, capsys):
@@ -100,8 +100,8 @@ def test_missing_checkpoint_directory(tmp_path, capsys):
 
 
 def test_invalid_schedule_is_refused_before_any_work(tmp_path, tiny_checkpoint, capsys):
-    err = _user_error(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--prune", "7,20"], capsys)
-    assert "20" in err
+    err = _user_error(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "b"), "--prune", "7,9,20"], capsys)
+    assert "layer 20 is outside 1..13" in err
     assert list(tmp_path.iterdir()) == []
 
 
