@@ -66,7 +66,7 @@ def dynamic_shapes(spec: GraphSpec, *, variadic_from: int | None = None):
         return dims[name]
 
     shapes = [{i: dim(a) for i, a in enumerate(t.axes) if isinstance(a, str)} for t in spec.inputs]
-    if variadic_from is not None:  # forward(self, a, b, c, *rest): rest is one nested tuple
+    if variadic_from is not None and len(shapes) > variadic_from:  # forward(a, b, *rest): rest is one tuple
         shapes = [*shapes[:variadic_from], tuple(shapes[variadic_from:])]
     return tuple(shapes)
 

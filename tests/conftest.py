@@ -1,5 +1,6 @@
 """Shared fixtures: the tiny synthetic checkpoint, built once per test session.
 
+``paper_build`` is tiny exported with the paper schedule (about a minute, once per session).
 ``tiny_checkpoint`` is the directory of the ``tiny`` preset (built into a session temp cache, so
 tests never touch ``~/.cache``); ``tiny_model`` is that checkpoint loaded through
 ``transprune.checkpoints.load_llava`` (fp32, eager attention). torch and transformers are
@@ -33,3 +34,14 @@ def tiny_model(tiny_checkpoint, transprune_cache):
     from transprune.checkpoints import load_llava
 
     return load_llava("tiny", cache_dir=transprune_cache)
+
+
+@pytest.fixture(scope="session")
+def paper_build(tmp_path_factory, tiny_checkpoint):
+    """(build directory, manifest) of ``tiny`` exported with the paper schedule, validated."""
+    from transprune.export.exporter import export_model
+    from transprune.schedule import preset
+
+    out = tmp_path_factory.mktemp("builds") / "tiny-paper"
+    manifest = export_model(model=str(tiny_checkpoint), out=out, schedule=preset("paper"))
+    return out, manifest

@@ -50,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 class ProgressBar:
     """``[#####.....] 4/11 segment_0 (layers 1-7)  12 s`` on stderr; one line per step when not a TTY."""
 
-    def __init__(self, stream=sys.stderr, width: int = 24) -> None:
-        self.stream, self.width = stream, width
+    def __init__(self, stream=None, width: int = 24) -> None:
+        self.stream, self.width = stream or sys.stderr, width  # looked up now: tests swap sys.stderr
         self.started = time.perf_counter()
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
 
     def __call__(self, step: int, steps: int, label: str) -> None:
         done = int(self.width * (step - 1) / steps)
