@@ -25,7 +25,8 @@ DTYPES = {"fp32": "float32", "fp16": "float16"}
 OPSETS = range(18, 21)  # 18: the dynamo exporter's minimum; 20: the newest TensorRT 10 parses
 DEFAULT_MAX_TEXT_TOKENS = 1024
 _BYTES_PER = {"fp32": 4, "fp16": 2}
-_PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+# copied for people to read; the runtime uses tokenizer.json and the manifest (export/processor.py)
+_PROCESSOR_FILES = ("tokenizer_config.json", "special_tokens_map.json",
                     "preprocessor_config.json", "processor_config.json", "chat_template.json",
                     "chat_template.jinja")
 
@@ -42,9 +43,12 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
 
     from transprune.checkpoints import resolve_checkpoint
     from transprune.flops import flops_report
+    from transprune.runtime.build import Build
+    from transprune.sample_image import sample_image
 
     from .builder import MetaWeights, build_module, model_facts
     from .onnx_writer import example_inputs, export_graph
+    from .processor import TOKENIZER_FILE, check_processor, export_processor, load_processor
     from .specs import graph_specs
     from .trt_lint import lint_model
     from .weights import CheckpointWeights
@@ -70,7 +74,8 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     checkpoint_weights = CheckpointWeights(checkpoint)
     weights = MetaWeights(checkpoint_weights, getattr(torch, DTYPES[dtype]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    _check_free_space(out.parent, _estimated_bytes(checkpoint_weights, dtype))
+    needed = _estimated_bytes(checkpoint_weights, dtype)
+    _check_free_space(out.parent, needed)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     steps = len(specs) + (1 if validate else 0)
@@ -93,14 +98,17 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
                             "sha256": {name: sha256(staging / name) for name in files},
                             "bytes": sum((staging / name).stat().st_size for name in files),
                             "export_seconds": round(time.perf_counter() - started, 2)})
-        processor_files = {}
+        processor = load_processor(checkpoint)
+        inputs_sections = export_processor(processor, staging, n_image=facts.n_image)
+        processor_files = {TOKENIZER_FILE: sha256(staging / TOKENIZER_FILE)}
         for name in _PROCESSOR_FILES:
             if (checkpoint / name).is_file():
                 shutil.copyfile(checkpoint / name, staging / name)
                 processor_files[name] = sha256(staging / name)
         manifest = {
             "schema_version": SCHEMA_VERSION,
-            "model": {"id": model, "config": config.to_dict(), "facts": facts.__dict__},
+            "model": {"id": model, "checkpoint": str(checkpoint.resolve()), "config": config.to_dict(),
+                      "facts": facts.__dict__},
             "schedule": schedule.to_dict(),
             "keep_counts": list(schedule.keep_counts(facts.n_image)),
             "dtype": dtype,
@@ -108,17 +116,20 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             "limits": limits,
             "flops": flops_report(model=preset, schedule=schedule).to_dict(),
             "graphs": entries,
+            **inputs_sections,
             "processor_files": processor_files,
             "versions": _versions(),
         }
+        # what callers get back is exactly what is on disk (tuples become lists)
+        manifest = json.loads(json.dumps(manifest, default=str))
+        check_processor(processor, Build.from_manifest(staging, manifest), sample_image())
         if validate:
             from .validate import validate_build
 
             if progress:
                 progress(steps, steps, "validating against the PyTorch reference")
-            manifest["validation"] = validate_build(staging, manifest, checkpoint=checkpoint, schedule=schedule)
-        # what callers get back is exactly what is on disk (tuples become lists)
-        manifest = json.loads(json.dumps(manifest, default=str))
+            validation = validate_build(staging, manifest, checkpoint=checkpoint, schedule=schedule)
+            manifest["validation"] = json.loads(json.dumps(validation, default=str))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         if out.exists():
             shutil.rmtree(out)
@@ -127,7 +138,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
         shutil.rmtree(staging, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
             raise TransPruneError(f"the disk holding {out.parent} is full (export needs about "
-                                  f"{_estimated_bytes(checkpoint_weights, dtype) / 1e9:.1f} GB); nothing was "
+                                  f"{needed / 1e9:.1f} GB); nothing was "
                                   f"written. Free space or pass --out on another disk") from None
         raise
     except BaseException:

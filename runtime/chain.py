@@ -1,38 +1,60 @@
 """The chain loop: prefill through vision, segments and scorers, then decode. numpy only.
 
 This is the whole of what a host does between "pixels + token ids" and "logits"; every
-computation is inside the graphs. The exporter's validation and the runtime share this loop.
-Graphs are called through ``run(graph_name, feeds) -> {output_name: array}``, so any backend
-(onnxruntime, TensorRT, the torch reference) can sit behind it.
+computation is inside the graphs, every cache inside the backend. The exporter's validation, the
+runtime and the benchmarks share this loop, whatever backend runs the graphs.
+
+Pruning shortens the sequence between segments, so each segment has its own KV cache length, its
+own key mask (one column per cached position) and its own position numbering: a decoded token
+sits at its full position minus the image tokens pruned before that segment (``position_shift``).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from transprune.generation import decode_loop
+from transprune.errors import TransPruneError
+from transprune.generation import decode_loop, decode_steps
 from transprune.sampling import Sampler
 
-RunGraph = Callable[[str, dict], dict]
+from .backend import Backend, KVCache
+from .build import Build
 
 
 @dataclass
 class StageResult:
     after_layer: int
     keep: int
-    kept: np.ndarray  # [B, keep] original image-token indices, ascending
-    score: np.ndarray  # [B, N] combined score of the tokens scored
+    scored: np.ndarray  # [B, N] original image-token indices of the tokens scored (ascending)
+    score: np.ndarray  # [B, N] their combined score
+    kept: np.ndarray  # [B, keep] original image-token indices kept, ascending
 
 
 @dataclass
 class ChainState:
-    caches: list[dict]  # per segment: {past input name: array}
-    key_masks: list[np.ndarray]  # per segment [B, T_s]
-    removed: list[int]
-    next_position: np.ndarray  # [B]
+    caches: list[KVCache]  # per segment, owned by the backend
+    key_masks: list[np.ndarray]  # per segment [B, T_s]: 1 real token, 0 left padding
+    next_position: np.ndarray  # [B] full-sequence position of the next token
+
+
+@dataclass
+class Timings:
+    """Seconds spent per graph in prefill, and per decode step."""
+
+    prefill: dict[str, float] = field(default_factory=dict)
+    decode: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Milliseconds, rounded: {graph: ms, ..., prefill_total, decode_per_token, decode_steps}."""
+        out = {name: round(s * 1e3, 3) for name, s in self.prefill.items()}
+        out["prefill_total"] = round(sum(self.prefill.values()) * 1e3, 3)
+        out["decode_steps"] = len(self.decode)
+        out["decode_per_token"] = round(float(np.median(self.decode)) * 1e3, 3) if self.decode else None
+        return out
 
 
 @dataclass
@@ -40,81 +62,103 @@ class ChainOutput:
     tokens: list[list[int]]
     step_logits: list[np.ndarray] = field(default_factory=list)
     stages: list[StageResult] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
 
 
 class Chain:
-    """Runs a build's graphs in order. ``graphs`` is the manifest's list of graph entries."""
+    """Runs ``build``'s graphs in order on ``backend``."""
 
-    def __init__(self, graphs: list[dict], run: RunGraph, *, n_image: int) -> None:
-        self.run = run
-        self.n_image = n_image
-        self.segments = [g for g in graphs if g["kind"] == "segment"]
-        self.scorers = {i: g for i, g in enumerate(g for g in graphs if g["kind"] == "scorer")}
-        # (past input spec, present output name) pairs per segment, read once from the manifest
-        self.kv = []
-        for segment in self.segments:
-            inputs = {t["name"]: t for t in segment["inputs"]}
-            self.kv.append([(inputs[past], present) for past, present in segment["attrs"]["kv"]])
+    def __init__(self, build: Build, backend: Backend) -> None:
+        self.build, self.backend = build, backend
+        self.timings = Timings()
 
-    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray):
+    def _timed(self, name: str, call: Callable, *args):
+        started = time.perf_counter()
+        out = call(*args)
+        self.timings.prefill[name] = self.timings.prefill.get(name, 0.0) + time.perf_counter() - started
+        return out
+
+    def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray, *,
+                max_new_tokens: int = 1):
+        """-> (logits [B, V] of the last prompt position, stage results, state for decoding).
+
+        Caches are sized for ``max_new_tokens`` more positions.
+        """
+        build, backend, run = self.build, self.backend, self.backend.run
+        self.timings = Timings()
+        backend.start_generation()
         batch = input_ids.shape[0]
-        features = self.run("vision", {"pixel_values": pixel_values})["image_features"]
-        embeddings = self.run("embed", {"input_ids": input_ids})["embeddings"]
-        prepared = self.run("prefill_inputs", {"embeddings": embeddings, "input_ids": input_ids,
-                                               "attention_mask": attention_mask, "image_features": features})
+        features = self._timed("vision", run, "vision", {"pixel_values": pixel_values})["image_features"]
+        embeddings = self._timed("embed", run, "embed", {"input_ids": input_ids})["embeddings"]
+        prepared = self._timed("prefill_inputs", run, "prefill_inputs", {
+            "embeddings": embeddings, "input_ids": input_ids, "attention_mask": attention_mask,
+            "image_features": features})
         hidden, positions, image_start = prepared["hidden"], prepared["position_ids"], prepared["image_start"]
         mask = attention_mask
-        alive = np.tile(np.arange(self.n_image, dtype=np.int64), (batch, 1))
-        ttv_sum = np.zeros((batch, self.n_image), dtype=np.float32)
-        state = ChainState([], [], [], attention_mask.sum(-1).astype(np.int64))
+        # which ORIGINAL image tokens are still in the sequence, and their running TTV sums
+        alive = np.tile(np.arange(build.n_image, dtype=np.int64), (batch, 1))
+        ttv_sum = np.zeros((batch, build.n_image), dtype=np.float32)
+        state = ChainState([], [], attention_mask.sum(-1).astype(np.int64))
         stages = []
-        for index, segment in enumerate(self.segments):
-            feeds = {"hidden": hidden, "position_ids": positions, "attention_mask": mask}
-            for t, _ in self.kv[index]:
-                _, heads, _, head_dim = t["axes"]
-                feeds[t["name"]] = np.zeros((batch, heads, 0, head_dim), dtype=hidden.dtype)
-            out = self.run(segment["name"], feeds)
-            state.caches.append({t["name"]: out[present] for t, present in self.kv[index]})
+        for segment in build.segments:
+            if build.n_image - alive.shape[1] != segment.position_shift:
+                raise TransPruneError(f"{segment.name}: {build.n_image - alive.shape[1]} image tokens were pruned "
+                                      f"before it, the manifest says {segment.position_shift}; re-export the build")
+            cache = backend.new_cache(segment, batch=batch, capacity=hidden.shape[1] + max_new_tokens)
+            out = self._timed(segment.name, backend.run_segment, segment,
+                              {"hidden": hidden, "position_ids": positions, "attention_mask": mask}, cache)
+            state.caches.append(cache)
             state.key_masks.append(mask)
-            state.removed.append(self.n_image - alive.shape[1])
             hidden = out["hidden_out"]
-            scorer = self.scorers.get(index)
+            scorer = build.scorers.get(segment.index)
             if scorer is None:
                 continue
             feeds = {"hidden": hidden, "position_ids": positions, "attention_mask": mask,
-                     "image_start": image_start, "alive": alive,
-                     "keep": np.array(scorer["attrs"]["keep"], dtype=np.int64)}
-            if scorer["attrs"]["uses_ttv"]:
+                     "image_start": image_start, "alive": alive, "keep": np.array(scorer.keep, dtype=np.int64)}
+            if scorer.uses_ttv:
                 feeds["ttv_sum"] = ttv_sum
                 feeds["ttv"] = out.get("ttv", np.zeros(hidden.shape[:2], dtype=np.float32))
-            result = self.run(scorer["name"], feeds)
+            result = self._timed(scorer.name, run, scorer.name, feeds)
+            stages.append(StageResult(scorer.after_layer, scorer.keep, alive, result["score"], result["kept"]))
             hidden, positions, mask = result["hidden_out"], result["position_ids_out"], result["attention_mask_out"]
             alive = result["kept"]
             ttv_sum = result.get("ttv_sum_out", ttv_sum)
-            stages.append(StageResult(scorer["attrs"]["after_layer"], scorer["attrs"]["keep"], alive, result["score"]))
-        logits = self.run("head", {"hidden": hidden})["logits"]
+        logits = self._timed("head", run, "head", {"hidden": hidden})["logits"]
         return logits, stages, state
 
     def decode_step(self, state: ChainState, tokens: np.ndarray) -> np.ndarray:
-        hidden = self.run("embed", {"input_ids": tokens[:, None].astype(np.int64)})["embeddings"]
+        """tokens [B] -> logits [B, V]; every segment's cache and key mask grow by one position."""
+        started = time.perf_counter()
+        run = self.backend.run
+        hidden = run("embed", {"input_ids": tokens[:, None].astype(np.int64)})["embeddings"]
         ones = np.ones((tokens.shape[0], 1), dtype=np.int64)
-        for index, segment in enumerate(self.segments):
-            state.key_masks[index] = np.concatenate([state.key_masks[index], ones], axis=1)
-            positions = (state.next_position - state.removed[index])[:, None]
-            feeds = {"hidden": hidden, "position_ids": positions, "attention_mask": state.key_masks[index],
-                     **state.caches[index]}
-            out = self.run(segment["name"], feeds)
-            state.caches[index] = {t["name"]: out[present] for t, present in self.kv[index]}
+        for segment, cache in zip(self.build.segments, state.caches):
+            key_mask = state.key_masks[segment.index] = np.concatenate([state.key_masks[segment.index], ones], axis=1)
+            positions = (state.next_position - segment.position_shift)[:, None]
+            out = self.backend.run_segment(segment, {"hidden": hidden, "position_ids": positions,
+                                                     "attention_mask": key_mask}, cache)
             hidden = out["hidden_out"]
         state.next_position = state.next_position + 1
-        return self.run("head", {"hidden": hidden})["logits"]
+        logits = run("head", {"hidden": hidden})["logits"]
+        self.timings.decode.append(time.perf_counter() - started)
+        return logits
+
+    def steps(self, input_ids, attention_mask, pixel_values, *, max_new_tokens: int,
+              sampler: Sampler | None = None, eos_token_id: int | None = None) -> Iterator:
+        """Prefill, then yield ``(picked [B], active [B] bool, logits)`` per generated position
+        (``active``: the sample had not reached EOS before this step). ``self.stages`` holds the
+        prefill's stage results once the first step is out."""
+        logits, self.stages, state = self.prefill(input_ids, attention_mask, pixel_values,
+                                                  max_new_tokens=max_new_tokens)
+        yield from decode_steps(logits, lambda picked: self.decode_step(state, picked), batch=input_ids.shape[0],
+                                max_new_tokens=max_new_tokens, sampler=sampler, eos_token_id=eos_token_id)
 
     def generate(self, input_ids, attention_mask, pixel_values, *, max_new_tokens: int,
                  sampler: Sampler | None = None, eos_token_id: int | None = None,
                  on_tokens: Callable[[list[int]], None] | None = None) -> ChainOutput:
-        logits, stages, state = self.prefill(input_ids, attention_mask, pixel_values)
+        logits, stages, state = self.prefill(input_ids, attention_mask, pixel_values, max_new_tokens=max_new_tokens)
         tokens, step_logits = decode_loop(
             logits, lambda picked: self.decode_step(state, picked), batch=input_ids.shape[0],
             max_new_tokens=max_new_tokens, sampler=sampler, eos_token_id=eos_token_id, on_tokens=on_tokens,
         )
-        return ChainOutput(tokens=tokens, step_logits=step_logits, stages=stages)
+        return ChainOutput(tokens=tokens, step_logits=step_logits, stages=stages, timings=self.timings)

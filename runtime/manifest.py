@@ -14,7 +14,7 @@ from pathlib import Path
 from transprune.errors import TransPruneError
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: prompt and image_preprocess sections (the torch-free runtime)
 
 
 class ManifestError(TransPruneError):
@@ -66,7 +66,7 @@ def load_manifest(build_dir: Path, *, verify: bool = True) -> dict:
         found = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise ManifestError(f"{path}: schema version {found!r}, but this transprune reads version "
                             f"{SCHEMA_VERSION}; re-export the build with this version")
-    for key in ("graphs", "model", "schedule", "dtype"):
+    for key in ("graphs", "model", "schedule", "dtype", "limits", "prompt", "image_preprocess"):
         if key not in manifest:
             raise ManifestError(f"{path}: required field {key!r} is missing; re-export the build")
     for graph in manifest["graphs"]:

@@ -17,8 +17,10 @@ Usage:
 
 IDS/MASK are int64 [B, S], left-padded, each row holding exactly one run of n_image image tokens
 (what LlavaProcessor produces); PIX is float32 [B, 3, H, W], already normalised. Tokenising and
-image preprocessing are not shown here; the build directory carries the tokenizer and processor
-files for that. Decoding is greedy (argmax, lowest id on ties) for exactly --max-new-tokens steps.
+image preprocessing are not shown here; the manifest describes both as plain data for hosts that
+do them: ``prompt`` (tokenizer.json, the chat template rendered as ``before`` + prompt + ``after``,
+the image slot token to expand to n_image ids) and ``image_preprocess`` (pad, resize, crop,
+rescale, mean/std), which ``transprune.runtime`` implements with numpy and Pillow. Decoding is greedy (argmax, lowest id on ties) for exactly --max-new-tokens steps.
 RESULT.json: {"tokens": [[id, ...] per sample], "kept": [per prune stage: [[original image-token
 index, ...] ascending, per sample]], "max_abs_first_logit": float}.
 
@@ -51,7 +53,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import onnxruntime as ort
 
-SUPPORTED_SCHEMA = 1
+SUPPORTED_SCHEMA = 2
 # The manifest's top-level "dtype" names the model dtype; tensor specs say "float" for it.
 MODEL_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 SPEC_DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}

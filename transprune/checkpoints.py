@@ -239,7 +239,10 @@ def load_llava(
             f"({shown}); is it a complete llava-hf checkpoint?"
         )
     try:
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        # the PIL image backend: the one LLaVA was trained with and the torch-free runtime reproduces
+        # (the torchvision backend, picked by default where torchvision is installed, resizes differently)
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                                  backend="pil")
     except (OSError, ValueError) as exc:
         raise TransPruneError(
             f"cannot load the processor (tokenizer and image processor) from {path}: {exc}"

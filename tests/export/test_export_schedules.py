@@ -40,8 +40,9 @@ def test_schedule_none_equals_unpruned_transformers(builds, tiny_model):
     import torch
 
     from transprune.reference import encode_inputs
+    from transprune.runtime.backend import open_backend
+    from transprune.runtime.build import Build
     from transprune.runtime.chain import Chain
-    from transprune.runtime.ort_runner import OrtGraphs
     from transprune.sample_image import sample_images
 
     out, manifest = builds("none")
@@ -51,7 +52,8 @@ def test_schedule_none_equals_unpruned_transformers(builds, tiny_model):
     with torch.no_grad():
         hf = tiny_model.model.generate(**inputs, max_new_tokens=12, do_sample=False, output_scores=True,
                                        return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
-    chain = Chain(manifest["graphs"], OrtGraphs(out, manifest["graphs"]).run, n_image=576)
+    build = Build.open(out)
+    chain = Chain(build, open_backend("onnxruntime", build))
     ours = chain.generate(inputs["input_ids"].numpy(), inputs["attention_mask"].numpy(),
                           inputs["pixel_values"].numpy(), max_new_tokens=12)
     prompt = inputs["input_ids"].shape[1]

@@ -20,18 +20,20 @@ def test_every_graph_was_checked_at_three_sizes(paper_build):
 
 def _run_perturbed(paper_build, graph, output, change):
     from transprune.export.validate import validate_graphs
-    from transprune.runtime.ort_runner import OrtGraphs
+    from transprune.runtime.build import Build
+    from transprune.runtime.ort_backend import OrtBackend
 
     out, manifest = paper_build
-    graphs = OrtGraphs(out, manifest["graphs"])
+    build = Build.open(out)
+    backend = OrtBackend(build)
 
     def run(name, feeds):
-        result = graphs.run(name, feeds)
+        result = backend.run(name, feeds)
         if name == graph:
             result[output] = change(result[output])
         return result
 
-    return lambda loaded: validate_graphs(out, manifest, loaded=loaded, schedule=preset("paper"), run=run)
+    return lambda loaded: validate_graphs(manifest, build=build, loaded=loaded, schedule=preset("paper"), run=run)
 
 
 def test_a_wrong_output_is_named_with_graph_output_and_error(paper_build, tiny_model):

@@ -14,7 +14,8 @@ def _build(tmp_path, files=None, **overrides):
     build.mkdir()
     (build / "head.onnx").write_bytes(b"graph bytes")
     (build / "tokenizer.json").write_text("{}")
-    manifest = {"schema_version": SCHEMA_VERSION, "model": {}, "schedule": {}, "dtype": "fp32",
+    manifest = {"schema_version": SCHEMA_VERSION, "model": {}, "schedule": {}, "dtype": "fp32", "limits": {},
+                "prompt": {}, "image_preprocess": {},
                 "graphs": [{"name": "head", "file": "head.onnx", "sha256": {"head.onnx": sha256(build / "head.onnx")}}],
                 "processor_files": {"tokenizer.json": sha256(build / "tokenizer.json")}}
     manifest.update(overrides)

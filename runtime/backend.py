@@ -1,0 +1,97 @@
+"""The one small interface every backend implements, and the registry that opens them by name.
+
+A backend runs a build's graphs by name on numpy feeds (``run``) and owns the KV caches of the
+segments (``new_cache`` / ``run_segment``), because where a cache lives and how it grows is the
+backend's business: onnxruntime keeps preallocated buffers bound by pointer, TensorRT device
+buffers, the torch reference plain tensors. The chain loop above never touches cache memory.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from transprune.errors import TransPruneError
+
+from .build import Build, SegmentInfo
+
+
+class KVCache:
+    """One segment's keys and values: ``length`` positions cached so far, room for ``capacity``."""
+
+    def __init__(self, segment: SegmentInfo, batch: int, capacity: int, generation: int = 0) -> None:
+        self.segment, self.batch, self.capacity, self.length = segment, batch, capacity, 0
+        self.generation = generation
+
+
+class ArrayCache(KVCache):
+    """The plain cache: the present_* outputs of one call are the past_* inputs of the next."""
+
+    def __init__(self, segment: SegmentInfo, batch: int, capacity: int, float_type) -> None:
+        super().__init__(segment, batch, capacity)
+        shape = (batch, segment.kv_heads, 0, segment.head_dim)
+        self.past = {past: np.zeros(shape, dtype=float_type) for past, _ in segment.kv}
+
+
+class Backend:
+    """Runs one build's graphs. Subclasses implement ``run``; caches default to ``ArrayCache``."""
+
+    name = "?"
+
+    def __init__(self, build: Build) -> None:
+        self.build = build
+        self.generation = 0  # caches remember the generation they belong to
+
+    def start_generation(self) -> None:
+        """Called before a prefill: caches of earlier generations may no longer be used (their
+        memory may be reused by this one)."""
+        self.generation += 1
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs graph ``graph`` on ``feeds`` (extra feeds are ignored) -> {output name: array}."""
+        raise NotImplementedError
+
+    def new_cache(self, segment: SegmentInfo, *, batch: int, capacity: int) -> KVCache:
+        return ArrayCache(segment, batch, capacity, self.build.float_type)
+
+    def run_segment(self, segment: SegmentInfo, feeds: dict[str, np.ndarray], cache: KVCache) -> dict:
+        """Runs a segment on ``feeds`` (hidden, position_ids, attention_mask) over ``cache``, which
+        grows by the new tokens; returns the other outputs (hidden_out, and ttv where it has one)."""
+        out = self.run(segment.name, {**feeds, **cache.past})
+        cache.past = {past: out.pop(present) for past, present in segment.kv}
+        cache.length += feeds["hidden"].shape[1]
+        return out
+
+    def close(self) -> None:
+        """Releases sessions and memory; the backend is unusable afterwards."""
+
+
+def _onnxruntime(build: Build, **options) -> Backend:
+    from .ort_backend import OrtBackend
+
+    return OrtBackend(build, **options)
+
+
+def _tensorrt(build: Build, **options) -> Backend:
+    raise TransPruneError("the tensorrt backend needs engines built by transprune-build, which this version does "
+                          "not have yet; use --backend onnxruntime (its TensorRT execution provider works with "
+                          "--provider tensorrt where onnxruntime-gpu is installed)")
+
+
+def _torch(build: Build, **options) -> Backend:
+    from .torch_backend import TorchBackend
+
+    return TorchBackend(build, **options)
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {"onnxruntime": _onnxruntime, "tensorrt": _tensorrt, "torch": _torch}
+
+
+def open_backend(name: str, build: Build, **options) -> Backend:
+    """The backend called ``name`` for ``build``; options go to its constructor."""
+    try:
+        factory = BACKENDS[name]
+    except KeyError:
+        raise TransPruneError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}") from None
+    return factory(build, **options)

@@ -1,0 +1,167 @@
+"""A build directory, opened and checked: what the chain, the backends and the inputs need from it.
+
+``Build.open`` verifies the manifest (schema, paths inside the directory, sha256 of every file),
+then reads it into typed pieces once, so nothing downstream indexes raw JSON:
+segments with their cache pairs and position shifts, each scorer paired with the segment it
+follows (by name, not by position), the model facts and the sequence limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import ManifestError, load_manifest, resolve_inside
+
+FLOAT_TYPES = {"fp32": np.float32, "fp16": np.float16}
+TENSOR_TYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: type
+    axes: tuple  # ints (fixed) and names (dynamic)
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    name: str
+    kind: str
+    file: Path
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    attrs: dict
+    layers: tuple[int, int] | None  # a segment's decoder layers, 1-based and inclusive
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    graph: GraphInfo
+    index: int
+    layers: tuple[int, int]  # 1-based, inclusive
+    kv: tuple[tuple[str, str], ...]  # (past input, present output) per layer and part
+    kv_heads: int
+    head_dim: int
+    position_shift: int  # image tokens pruned before this segment ran
+    has_ttv: bool  # whether the segment outputs the TTV its scorer reads
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    graph: GraphInfo
+    after_segment: int
+    after_layer: int
+    keep: int
+    uses_ttv: bool
+
+    @property
+    def name(self) -> str:
+        return self.graph.name
+
+
+@dataclass
+class Build:
+    directory: Path
+    manifest: dict
+    graphs: dict[str, GraphInfo]
+    segments: list[SegmentInfo]
+    scorers: dict[int, ScorerInfo]  # segment index -> the scorer that runs after it
+    float_type: type
+    n_image: int
+    image_token_id: int
+    eos_token_id: int | None
+    pad_token_id: int | None
+    image_size: int
+    limits: dict
+
+    @classmethod
+    def open(cls, directory: Path, *, verify: bool = True) -> "Build":
+        directory = Path(directory)
+        return cls.from_manifest(directory, load_manifest(directory, verify=verify))
+
+    @classmethod
+    def from_manifest(cls, directory: Path, manifest: dict) -> "Build":
+        """A build from an already loaded manifest (the exporter validates before writing it)."""
+        try:
+            return cls._parse(Path(directory), manifest)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ManifestError(f"{directory}: the manifest is malformed ({type(exc).__name__}: {exc}); "
+                                f"re-export the build") from None
+
+    @classmethod
+    def _parse(cls, directory: Path, manifest: dict) -> "Build":
+        if manifest["dtype"] not in FLOAT_TYPES:
+            raise ManifestError(f"{directory}: model dtype {manifest['dtype']!r} is not one of {list(FLOAT_TYPES)}")
+        graphs = {}
+        for entry in manifest["graphs"]:
+            graphs[entry["name"]] = GraphInfo(
+                name=entry["name"], kind=entry["kind"], file=resolve_inside(directory, entry["file"]),
+                inputs=tuple(_tensor(t) for t in entry["inputs"]),
+                outputs=tuple(_tensor(t) for t in entry["outputs"]), attrs=dict(entry.get("attrs", {})),
+                layers=tuple(entry["layers"]) if entry.get("layers") else None)
+        _check_order(directory, [g.kind for g in graphs.values()])
+        segments, scorers = [], {}
+        for graph in graphs.values():
+            if graph.kind == "segment":
+                inputs = {t.name: t for t in graph.inputs}
+                kv = tuple((past, present) for past, present in graph.attrs["kv"])
+                _, heads, _, head_dim = inputs[kv[0][0]].axes
+                segments.append(SegmentInfo(graph, len(segments), graph.layers, kv, int(heads), int(head_dim),
+                                            int(graph.attrs["position_shift"]),
+                                            any(t.name == "ttv" for t in graph.outputs)))
+        by_last_layer = {s.layers[1]: s.index for s in segments}
+        for graph in graphs.values():
+            if graph.kind == "scorer":
+                after = by_last_layer.get(graph.attrs["after_layer"])
+                if after is None or after == len(segments) - 1:
+                    raise ManifestError(f"{directory}: scorer {graph.name!r} runs after layer "
+                                        f"{graph.attrs['after_layer']}, which ends no segment; re-export the build")
+                scorers[after] = ScorerInfo(graph, after, int(graph.attrs["after_layer"]), int(graph.attrs["keep"]),
+                                            bool(graph.attrs["uses_ttv"]))
+        if len(scorers) != len(segments) - 1:
+            raise ManifestError(f"{directory}: {len(segments)} segments need {len(segments) - 1} scorers between "
+                                f"them, the manifest has {len(scorers)}; re-export the build")
+        facts = manifest["model"]["facts"]
+        return cls(directory=directory, manifest=manifest, graphs=graphs, segments=segments, scorers=scorers,
+                   float_type=FLOAT_TYPES[manifest["dtype"]], n_image=int(facts["n_image"]),
+                   image_token_id=int(facts["image_token_id"]), eos_token_id=facts.get("eos_token_id"),
+                   pad_token_id=facts.get("pad_token_id"), image_size=int(facts["image_size"]),
+                   limits=dict(manifest["limits"]))
+
+    def graph(self, kind: str) -> GraphInfo:
+        """The one graph of a kind that occurs once (vision, embed, prefill_inputs, head)."""
+        return next(g for g in self.graphs.values() if g.kind == kind)
+
+    @property
+    def keep_counts(self) -> list[int]:
+        return [self.scorers[i].keep for i in sorted(self.scorers)]
+
+    def file(self, name: str) -> Path:
+        """A processor file of the build (tokenizer.json, ...), checked to lie inside it."""
+        path = resolve_inside(self.directory, name)
+        if not path.is_file():
+            raise ManifestError(f"{self.directory}: {name} is missing; re-export the build")
+        return path
+
+
+def _tensor(entry: dict) -> TensorInfo:
+    if entry["dtype"] not in TENSOR_TYPES:
+        raise ValueError(f"tensor {entry['name']!r} has unknown dtype {entry['dtype']!r}")
+    return TensorInfo(entry["name"], TENSOR_TYPES[entry["dtype"]], tuple(entry["axes"]))
+
+
+def _check_order(directory: Path, kinds: list[str]) -> None:
+    """The chain's shape: vision, embed, prefill_inputs, segment (scorer segment)*, head."""
+    middle = kinds[3:-1]
+    if (kinds[:3] != ["vision", "embed", "prefill_inputs"] or kinds[-1:] != ["head"] or not middle
+            or middle[0::2] != ["segment"] * len(middle[0::2]) or middle[1::2] != ["scorer"] * len(middle[1::2])
+            or middle[-1] != "segment"):
+        raise ManifestError(f"{directory}: graphs run in the order {kinds}, expected vision, embed, prefill_inputs, "
+                            f"segment, (scorer, segment)*, head; re-export the build")

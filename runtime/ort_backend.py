@@ -1,0 +1,136 @@
+"""The onnxruntime backend: one session per graph; segment KV caches in preallocated buffers.
+
+Why the caches are bound by pointer: a segment graph returns ``present = concat(past, new)``.
+Fed naively, every decoded token allocates a fresh copy of every layer's whole cache. Here each
+cache part owns two flat buffers sized for the whole generation (prompt + new tokens); a call
+reads ``past`` from one and onnxruntime writes ``present`` straight into the other (IO binding
+with raw pointers, shaped per call), then the two swap. Nothing is allocated per token, and the
+same code serves the CPU and CUDA execution providers (the buffers live on the provider's device).
+Buffers are pooled and reused by later generations that fit in them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from transprune.errors import TransPruneError
+
+from .backend import Backend, KVCache
+from .build import Build, SegmentInfo
+
+# the execution providers a user may pick, by short name, and the device their buffers live on
+PROVIDERS = {"cpu": ("CPUExecutionProvider", "cpu"), "cuda": ("CUDAExecutionProvider", "cuda"),
+             "tensorrt": ("TensorrtExecutionProvider", "cuda")}
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, build: Build, *, threads: int | None = None, provider: str = "cpu") -> None:
+        import onnxruntime as ort
+
+        super().__init__(build)
+        self._ort = ort
+        if provider not in PROVIDERS:
+            raise TransPruneError(f"unknown onnxruntime provider {provider!r}; use one of {', '.join(PROVIDERS)}")
+        provider_name, self.device = PROVIDERS[provider]
+        available = ort.get_available_providers()
+        if provider_name not in available:
+            raise TransPruneError(f"onnxruntime here has no {provider_name} (it has {', '.join(available)}); "
+                                  f"install onnxruntime-gpu with a matching CUDA, or use --provider cpu")
+        providers = [provider_name] if provider == "cpu" else [provider_name, "CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.sessions, self.inputs, self.outputs = {}, {}, {}
+        for graph in build.graphs.values():
+            session = ort.InferenceSession(str(graph.file), options, providers=providers)
+            self.sessions[graph.name] = session
+            found = sorted(i.name for i in session.get_inputs()), sorted(o.name for o in session.get_outputs())
+            wanted = sorted(t.name for t in graph.inputs), sorted(t.name for t in graph.outputs)
+            if found != wanted:
+                raise TransPruneError(f"graph {graph.name!r}: the ONNX file's inputs/outputs {found} differ from the "
+                                      f"manifest's {wanted}; re-export the build")
+            # names read once here, not on every call in the decode loop
+            self.inputs[graph.name] = frozenset(found[0])
+            self.outputs[graph.name] = [o.name for o in session.get_outputs()]
+        self._pool: dict[tuple, object] = {}  # (segment, past name, side) -> flat OrtValue
+
+    def run(self, graph: str, feeds: dict) -> dict:
+        wanted = self.inputs[graph]
+        values = self.sessions[graph].run(None, {k: np.ascontiguousarray(v) for k, v in feeds.items() if k in wanted})
+        return dict(zip(self.outputs[graph], values))
+
+    def new_cache(self, segment: SegmentInfo, *, batch: int, capacity: int) -> KVCache:
+        elements = batch * segment.kv_heads * capacity * segment.head_dim
+        buffers = {past: (self._buffer((segment.index, past, 0), elements),
+                          self._buffer((segment.index, past, 1), elements)) for past, _ in segment.kv}
+        return _BoundCache(segment, batch, capacity, buffers, self.generation)
+
+    def _buffer(self, key: tuple, elements: int):
+        """A flat buffer of at least ``elements`` model-dtype values, reused when one is big enough."""
+        buffer = self._pool.get(key)
+        if buffer is None or buffer.shape()[0] < elements:
+            self._pool[key] = buffer = None  # release the old one before allocating
+            buffer = self._ort.OrtValue.ortvalue_from_shape_and_type([max(elements, 1)], self.build.float_type,
+                                                                     self.device, 0)
+            self._pool[key] = buffer
+        return buffer
+
+    def run_segment(self, segment: SegmentInfo, feeds: dict, cache: "_BoundCache") -> dict:
+        if cache.generation != self.generation:
+            raise TransPruneError("this generation was superseded by a newer one on the same pipeline, which reuses "
+                                  "its cache memory; finish one stream before starting the next")
+        new = feeds["hidden"].shape[1]
+        total = cache.length + new
+        if total > cache.capacity:
+            raise TransPruneError(f"{segment.name}: {total} cached positions exceed the {cache.capacity} "
+                                  f"allocated for this generation")
+        session = self.sessions[segment.name]
+        binding = session.io_binding()
+        for name in ("hidden", "position_ids", "attention_mask"):
+            binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
+        dtype, heads, head_dim = self.build.float_type, segment.kv_heads, segment.head_dim
+        for past, present in segment.kv:
+            read, write = cache.sides(past)
+            binding.bind_input(past, self.device, 0, dtype, [cache.batch, heads, cache.length, head_dim],
+                               read.data_ptr())
+            binding.bind_output(present, self.device, 0, dtype, [cache.batch, heads, total, head_dim],
+                                write.data_ptr())
+        others = [name for name in self.outputs[segment.name] if not name.startswith("present_")]
+        for name in others:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        values = binding.get_outputs()  # in binding order: the presents, then the others
+        out = {name: value.numpy() for name, value in zip(others, values[len(segment.kv):])}
+        cache.flip()
+        cache.length = total
+        return out
+
+    def close(self) -> None:
+        self.sessions.clear()
+        self._pool.clear()
+
+
+class _BoundCache(KVCache):
+    """Two flat buffers per cache part: the valid ``[B, H, length, E]`` cache lives at the start of
+    the read side; a call writes ``[B, H, length + new, E]`` to the other side, which then becomes
+    the read side."""
+
+    def __init__(self, segment: SegmentInfo, batch: int, capacity: int, buffers: dict, generation: int) -> None:
+        super().__init__(segment, batch, capacity, generation)
+        self.buffers, self.reading = buffers, 0
+
+    def sides(self, past: str):
+        pair = self.buffers[past]
+        return pair[self.reading], pair[1 - self.reading]
+
+    def flip(self) -> None:
+        self.reading = 1 - self.reading
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The cached keys/values as numpy arrays [B, H, length, E] (copies; CPU provider only)."""
+        shape = (self.batch, self.segment.kv_heads, self.length, self.segment.head_dim)
+        count = int(np.prod(shape))
+        return {past: pair[self.reading].numpy()[:count].reshape(shape).copy() for past, pair in self.buffers.items()}

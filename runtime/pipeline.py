@@ -1,0 +1,141 @@
+"""``Pipeline``: a build directory in, text out. The runtime's Python API, torch-free.
+
+    pipeline = Pipeline.from_dir("exports/tiny-paper")
+    result = pipeline.generate("photo.jpg", "What is in the picture?", max_new_tokens=32)
+    result.text, result.kept, result.timings
+
+    for piece in pipeline.stream("photo.jpg", "Describe it."):
+        print(piece, end="", flush=True)
+
+It opens and verifies the build, preprocesses images and prompts exactly as the model's processor
+does, runs the chain on the chosen backend and decodes the tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from transprune.sampling import Sampler
+
+from .backend import Backend, open_backend
+from .build import Build
+from .chain import Chain
+from .preprocess import ImagePreprocess, load_image, preprocess
+from .prompt import PromptEncoder, PromptError, TextStream
+
+
+@dataclass
+class Generation:
+    """One (image, prompt) pair's result."""
+
+    input_ids: list[int]  # the prompt ids after the chat template, image slot expanded
+    tokens: list[int]  # generated ids (EOS included when reached)
+    text: str
+    kept: list[list[int]]  # per prune stage: kept image tokens as indices into the ORIGINAL image tokens
+    finish_reason: str  # "eos" or "length"
+    timings: dict = field(default_factory=dict)  # milliseconds, shared by the batch it ran in
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Pipeline:
+    def __init__(self, build: Build, backend: Backend) -> None:
+        self.build, self.backend = build, backend
+        self.prompts = PromptEncoder(build)
+        self.image_preprocess = ImagePreprocess.from_dict(build.manifest["image_preprocess"])
+        self.max_total_tokens = int(build.limits["max_total_tokens"])
+
+    @classmethod
+    def from_dir(cls, build_dir: str | Path, *, backend: str = "onnxruntime", verify: bool = True,
+                 **backend_options) -> "Pipeline":
+        """Opens ``build_dir`` (checksums verified unless ``verify=False``) on ``backend``
+        (onnxruntime, tensorrt or torch); ``backend_options`` go to the backend (threads, provider,
+        checkpoint)."""
+        build = Build.open(Path(build_dir), verify=verify)
+        return cls(build, open_backend(backend, build, **backend_options))
+
+    @property
+    def image_tokens(self) -> list[int]:
+        """Image tokens per stage: all of them, then what each prune keeps."""
+        return [self.build.n_image, *self.build.keep_counts]
+
+    def generate(self, image, prompt: str, **options) -> Generation:
+        """Answers ``prompt`` about ``image`` (a path, bytes or a PIL image); options as ``generate_batch``."""
+        return self.generate_batch([image], [prompt], **options)[0]
+
+    def generate_batch(self, images: list, prompts: list[str], *, max_new_tokens: int = 64,
+                       temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                       raw_prompt: bool = False,
+                       on_text: Callable[[int, str], None] | None = None) -> list[Generation]:
+        """Answers each (image, prompt) pair, all in one batch. Greedy unless ``temperature`` > 0
+        (then seeded top-p sampling). ``on_text(sample, piece)`` receives text as it is generated."""
+        run = self._run(images, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                        seed=seed, raw_prompt=raw_prompt)
+        while True:
+            try:
+                sample, piece = next(run)
+            except StopIteration as done:
+                return done.value
+            if on_text is not None and piece:
+                on_text(sample, piece)
+
+    def stream(self, image, prompt: str, **options) -> Iterator[str]:
+        """Yields the answer's text piece by piece as tokens are generated."""
+        run = self._run([image], [prompt], **options)
+        for _, piece in run:
+            if piece:
+                yield piece
+
+    def _run(self, images: list, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+             top_p: float = 1.0, seed: int | None = None, raw_prompt: bool = False):
+        """Generator: yields (sample, text piece) while decoding, returns the Generations."""
+        if len(images) != len(prompts) or not images:
+            raise PromptError(f"{len(images)} images and {len(prompts)} prompts: give one prompt per image")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise PromptError(f"max_new_tokens {max_new_tokens!r} must be a positive integer")
+        sampler = Sampler(temperature=temperature, top_p=top_p, seed=seed)
+        started = time.perf_counter()
+        pixels = preprocess([load_image(image) for image in images], self.image_preprocess)
+        preprocessed = time.perf_counter()
+        encoded = self.prompts.encode_batch(prompts, raw=raw_prompt)
+        longest = int(encoded.attention_mask.sum(-1).max())
+        if longest + max_new_tokens > self.max_total_tokens:
+            raise PromptError(f"{longest} prompt tokens plus {max_new_tokens} new tokens exceed the model's "
+                              f"{self.max_total_tokens} positions; lower max_new_tokens to at most "
+                              f"{self.max_total_tokens - longest}")
+        tokenized = time.perf_counter()
+        chain = Chain(self.build, self.backend)
+        eos = self.build.eos_token_id
+        tokens: list[list[int]] = [[] for _ in images]
+        streams = [TextStream(self.prompts) for _ in images]
+        for picked, active, _ in chain.steps(encoded.input_ids, encoded.attention_mask, pixels,
+                                             max_new_tokens=max_new_tokens, sampler=sampler, eos_token_id=eos):
+            for sample, token in enumerate(picked.tolist()):
+                if active[sample]:
+                    tokens[sample].append(token)
+                    yield sample, streams[sample].push(token)
+        for sample, stream in enumerate(streams):
+            yield sample, stream.flush()
+        timings = {"preprocess": round((preprocessed - started) * 1e3, 3),
+                   "tokenize": round((tokenized - preprocessed) * 1e3, 3), **chain.timings.to_dict()}
+        results = []
+        for sample, ids in enumerate(tokens):
+            real = encoded.attention_mask[sample] > 0
+            results.append(Generation(
+                input_ids=encoded.input_ids[sample][real].tolist(), tokens=ids, text=self.prompts.decode(ids),
+                kept=[stage.kept[sample].tolist() for stage in chain.stages],
+                finish_reason="eos" if ids and ids[-1] == eos else "length", timings=timings))
+        return results
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
