@@ -58,6 +58,9 @@ TTFT_METHOD = ("wall time of generate(max_new_tokens=1) = prefill + the first to
 TOTAL_METHOD = "wall time of generate(max_new_tokens=N), same inputs as time to first token"
 LENGTH_METHOD = ("EOS ignored so every run generates exactly N tokens: the runtime's build.eos_token_id set to "
                  "None, HF generate(eos_token_id=None); each sample records the tokens it actually generated")
+RSS_METHOD = ("a fresh subprocess per kind (this script with --rss-probe KIND) loads it and runs one generation of N "
+              "tokens; peak_rss_bytes = its VmHWM (/proc/self/status) on Linux, since ru_maxrss is inherited from "
+              "the parent across fork+exec; ru_maxrss (bytes) is recorded next to it")
 PREFILL_TOLERANCE = 0.05  # |measured/ideal - 1|
 TTFT_SPEEDUP = 3.0  # HF TTFT / pruned TTFT
 DECODE_SLACK = 1.05  # pruned decode ms <= unpruned * this
@@ -335,15 +338,33 @@ def targets(ratios: dict, flops_ratio: float) -> dict:
 
 # -- peak RSS ----------------------------------------------------------------------------------------
 
-def peak_rss_bytes() -> int:
+def ru_maxrss_bytes() -> int:
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB, macOS bytes
 
 
+def vm_hwm_bytes() -> int | None:
+    """Linux: this process's own peak RSS (VmHWM of /proc/self/status); None elsewhere."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def rss_probe(args) -> int:
-    """Hidden mode: load one engine, run one generation, print one JSON line with the peak RSS."""
+    """Hidden mode: load one engine, run one generation, print one JSON line with the peak RSS.
+
+    Linux carries ru_maxrss across fork and exec: a child starts with its parent's high-water mark
+    (here the benchmark process, which holds all three models), so ru_maxrss alone would report the
+    parent's peak whenever that is the larger. VmHWM belongs to the address space exec created and
+    is this probe's own; it is the figure reported where it exists, ru_maxrss is kept next to it."""
+    at_start = ru_maxrss_bytes()
     from transprune.sample_image import sample_image
 
     image = sample_image()
@@ -352,9 +373,11 @@ def rss_probe(args) -> int:
     else:
         engine = RuntimeEngine(build_dir(args.exports, args.model, args.rss_probe), args.threads)
     result = engine.run(image, args.prompt, args.new_tokens)
-    print(json.dumps({"kind": args.rss_probe, "peak_rss_bytes": peak_rss_bytes(), "load_s": round(engine.load_s, 3),
-                      "generate_ms": result["wall_ms"], "new_tokens": result["new_tokens"],
-                      "torch_imported": "torch" in sys.modules}))
+    hwm, maxrss = vm_hwm_bytes(), ru_maxrss_bytes()
+    print(json.dumps({"kind": args.rss_probe, "peak_rss_bytes": hwm if hwm is not None else maxrss,
+                      "vm_hwm_bytes": hwm, "ru_maxrss_bytes": maxrss, "ru_maxrss_at_start_bytes": at_start,
+                      "load_s": round(engine.load_s, 3), "generate_ms": result["wall_ms"],
+                      "new_tokens": result["new_tokens"], "torch_imported": "torch" in sys.modules}))
     return 0
 
 
@@ -384,6 +407,13 @@ def _met(target: dict) -> str:
     return "n/a" if target["met"] is None else ("met" if target["met"] else "NOT met")
 
 
+def _decode_cell(medians: dict) -> str:
+    if "decode_ms_per_token" in medians:
+        return _fmt(medians["decode_ms_per_token"])
+    estimate = medians.get("decode_ms_per_token_est")  # HF: (total - TTFT) / (N - 1), noise can make it <= 0
+    return f"{_fmt(estimate)} (est.)" if estimate is not None and estimate > 0 else "-"
+
+
 def markdown(report: dict) -> str:
     config, medians, ratios, goal = report["config"], report["medians"], report["ratios"], report["targets"]
     kinds = [k for k in KINDS if k in medians]
@@ -399,10 +429,7 @@ def markdown(report: dict) -> str:
     rows.append(["prefill, decoder segments + scorers only (ms)",
                  *(_fmt(medians[k].get("decoder_prefill_ms")) for k in kinds),
                  f"pruned/unpruned {_fmt(ratios['decoder_prefill_pruned_over_unpruned'], 3)}", ""])
-    rows.append(["decode (ms/token)",
-                 *(_fmt(medians[k].get("decode_ms_per_token", medians[k].get("decode_ms_per_token_est")))
-                   + (" (est.)" if k == "hf" and medians[k].get("decode_ms_per_token_est") is not None else "")
-                   for k in kinds),
+    rows.append(["decode (ms/token)", *(_decode_cell(medians[k]) for k in kinds),
                  f"pruned/unpruned {_fmt(ratios['decode_pruned_over_unpruned'], 3)}",
                  f"<= {DECODE_SLACK:g}x unpruned: {_met(goal['decode_not_slower'])}"])
     hf_ttft = f"; HF/pruned {_fmt(ratios.get('ttft_hf_over_pruned'), 2)}x" if "hf" in kinds else ""
@@ -506,7 +533,7 @@ def run(args) -> dict:
                               "scorers, head); samples from both runs of each repetition (TTFT and full)",
             "decode_method": "the runtime's timings['decode_per_token'] (median ms per decode step) of the full run",
             "ratio_method": "median over runs made side by side of each run's ratio; ratios_of_medians for comparison",
-            "pause_s": args.pause, "load_s": load_s,
+            "rss_method": RSS_METHOD, "pause_s": args.pause, "load_s": load_s,
             "machine": machine_info(), "loadavg_before": load_before, "loadavg_after": loadavg(),
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "wall_s": None,
