@@ -25,7 +25,9 @@ side by side): prefill pruned/unpruned next to the FLOPs ratio of the same confi
 prompt, IGA scoring included, the prompt's real text-token count) and measured/ideal; decode ms
 per token; time to first token and total time of all three, HF/pruned; peak RSS of each, measured
 in a fresh subprocess per kind (this script re-run with the hidden ``--rss-probe KIND``) so that
-they do not contaminate each other. Targets are printed as met / not met; nothing fails on them.
+they do not contaminate each other (VmHWM on Linux, where ru_maxrss is inherited from the parent
+across fork+exec; ru_maxrss is recorded too). Targets are printed as met / not met; nothing fails
+on them.
 
 stdout: a markdown table (for the README); stderr: progress; ``--out`` (default
 ``exports/bench_runtime.json``): the configuration, the machine, every raw sample, the medians,
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON report to write (default: exports/bench_runtime.json)")
     parser.add_argument("--reexport", action="store_true", help="export both builds again even if they exist")
-    parser.add_argument("--skip-hf", action="store_true", help="do not time transformers (no torch in this run)")
+    parser.add_argument("--skip-hf", action="store_true", help="do not time transformers (nor measure its RSS)")
     parser.add_argument("--skip-rss", action="store_true", help="do not measure peak RSS")
     parser.add_argument("--pause", type=float, default=0.1,
                         help="seconds to sleep between timed runs, so one engine's spinning threads are idle "
@@ -448,7 +450,7 @@ def markdown(report: dict) -> str:
     lines.append("")
     lines.append(f"Model `{config['model']}`, prompt of {config['text_tokens']} text + {config['image_tokens']} image "
                  f"tokens, image tokens kept {' -> '.join(map(str, config['kept_image_tokens']['pruned']))}; "
-                 f"{config['threads']} threads on {machine['cpu_count']} CPUs ({machine['processor'] or machine['machine']}); "
+                 f"{config['threads']} thread{'s' if config['threads'] != 1 else ''} on {machine['cpu_count']} CPUs ({machine['processor'] or machine['machine']}); "
                  f"median of {config['repeats']} interleaved repetitions after a warm-up; onnxruntime "
                  f"{machine['versions'].get('onnxruntime')}, torch {machine['versions'].get('torch')}. "
                  f"Time to first token = generate(max_new_tokens=1).")
