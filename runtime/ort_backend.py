@@ -60,6 +60,9 @@ class OrtBackend(Backend):
             # names read once here, not on every call in the decode loop
             self.inputs[graph.name] = frozenset(found[0])
             self.outputs[graph.name] = [o.name for o in session.get_outputs()]
+        # a segment's outputs other than its cache, bound per call after the presents
+        cache_outputs = {present for segment in build.segments for _, present in segment.kv}
+        self.uncached = {name: [o for o in outputs if o not in cache_outputs] for name, outputs in self.outputs.items()}
         self._pool: dict[tuple, object] = {}  # (segment, past name, side) -> flat OrtValue
 
     def run(self, graph: str, feeds: dict) -> dict:
@@ -103,7 +106,7 @@ class OrtBackend(Backend):
                                read.data_ptr())
             binding.bind_output(present, self.device, 0, dtype, [cache.batch, heads, total, head_dim],
                                 write.data_ptr())
-        others = [name for name in self.outputs[segment.name] if not name.startswith("present_")]
+        others = self.uncached[segment.name]
         for name in others:
             binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
