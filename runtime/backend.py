@@ -74,9 +74,9 @@ def _onnxruntime(build: Build, **options) -> Backend:
 
 
 def _tensorrt(build: Build, **options) -> Backend:
-    raise TransPruneError("the tensorrt backend needs engines built by transprune-build, which this version does "
-                          "not have yet; use --backend onnxruntime (its TensorRT execution provider works with "
-                          "--provider tensorrt where onnxruntime-gpu is installed)")
+    from .trt_backend import TrtBackend
+
+    return TrtBackend(build, **options)
 
 
 def _torch(build: Build, **options) -> Backend:

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                         help="onnxruntime execution provider (cuda and tensorrt need onnxruntime-gpu)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--engines", type=Path, default=None,
+                        help="tensorrt backend: the engine directory transprune-build wrote (default: the one "
+                             "trt-* directory inside the build)")
     parser.add_argument("--checkpoint", default=None,
                         help="torch backend: the checkpoint the build was exported from, if it moved")
     parser.add_argument("--no-verify", action="store_true",
@@ -66,6 +69,10 @@ def _backend_options(args) -> dict:
         if args.backend != "torch":
             raise TransPruneError("--checkpoint applies to the torch backend only")
         options["checkpoint"] = args.checkpoint
+    if args.engines is not None:
+        if args.backend != "tensorrt":
+            raise TransPruneError("--engines applies to the tensorrt backend only; add --backend tensorrt")
+        options["engines"] = args.engines
     return options
 
 

@@ -1,0 +1,184 @@
+"""The build plan: what ``transprune-build`` builds, as JSON, and as a ``trtexec`` script for the device.
+
+One plan feeds three consumers, so they cannot drift apart: the polygraphy build
+(``trt_build``), the shell script of ``trtexec`` commands (for a Jetson whose JetPack has trtexec
+but no pip), and the engine metadata the runtime checks (``transprune.runtime.trt_engines``).
+
+Paths: the plan names each graph by its file inside the build directory and each engine by its
+file inside the engine directory; the script takes the build directory from ``$BUILD_DIR``
+(default: the directory the plan was written for, relative when it holds the engine directory),
+so the pair can be copied to the device together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+
+from transprune.errors import TransPruneError
+from transprune.runtime.build import Build
+
+from .trt_profiles import InputProfile, Profile, ShapeLimits, build_profiles, kv_cache_bytes
+from .trt_targets import Target, estimate_memory, weight_bytes_at
+
+PLAN_FILE = "plan.json"
+SCRIPT_FILE = "build_engines.sh"
+TIMING_CACHE_FILE = "timing.cache"
+PLAN_SCHEMA = 1
+
+
+def make_plan(build: Build, *, target: Target, precision: str, limits: ShapeLimits,
+              engine_dir: Path) -> dict:
+    """The plan for building ``build``'s engines for ``target`` into ``engine_dir``."""
+    lint_failures = [g["name"] for g in build.manifest["graphs"] if not g.get("trt_lint", {}).get("ok", True)]
+    if lint_failures:
+        raise TransPruneError(f"graphs {lint_failures} failed the TensorRT lint at export (see the manifest's "
+                              f"trt_lint entries); TensorRT would not parse them. Re-export with --opset 18..20")
+    profiles = build_profiles(build, limits)
+    weights = sum(int(g.get("bytes", 0)) for g in build.manifest["graphs"])
+    memory = estimate_memory(target=target, weights=weight_bytes_at(weights, build.manifest["dtype"], precision),
+                             kv_cache=kv_cache_bytes(build, limits))
+    warnings = []
+    if precision == "fp8":
+        warnings.append("the graphs carry no FP8 Q/DQ nodes, so TensorRT quantizes nothing to fp8 and runs "
+                        "fp16 kernels; quantize the ONNX graphs (e.g. with TensorRT Model Optimizer) to gain from fp8")
+    engines = []
+    for graph in build.graphs.values():
+        entry = next(g for g in build.manifest["graphs"] if g["name"] == graph.name)
+        engines.append({
+            "graph": graph.name, "kind": graph.kind,
+            "onnx": entry["file"], "onnx_sha256": entry["sha256"][entry["file"]],
+            "engine": f"{graph.name}.engine",
+            "profiles": [p.to_dict() for p in profiles[graph.name]],
+        })
+    return {
+        "schema": PLAN_SCHEMA,
+        "target": target.to_dict(),
+        "precision": precision,
+        "limits": limits.to_dict(),
+        "build_dir": _relative_build_dir(build.directory, engine_dir),
+        "model": build.manifest["model"]["id"],
+        "export_dtype": build.manifest["dtype"],
+        "memory": memory.to_dict(),
+        "warnings": warnings,
+        "timing_cache": TIMING_CACHE_FILE,
+        "engines": engines,
+    }
+
+
+def _relative_build_dir(build_dir: Path, engine_dir: Path) -> str:
+    build_dir, engine_dir = build_dir.resolve(), engine_dir.resolve()
+    if engine_dir.is_relative_to(build_dir):
+        return os.path.relpath(build_dir, engine_dir)
+    return str(build_dir)
+
+
+def _shape(dims) -> str:
+    # trtexec writes a 0-d shape as "scalar"; a shape tensor's values are written like dimensions
+    return "x".join(str(d) for d in dims) if len(dims) else "scalar"
+
+
+def _shapes_arg(profile: dict, which: str) -> str:
+    return ",".join(f"{name}:{_shape(spec[which])}" for name, spec in profile["inputs"].items())
+
+
+def trtexec_command(engine: dict, plan: dict, *, build_dir: str = "$BUILD_DIR") -> list[str]:
+    """One engine's trtexec argv; profiles in plan order (trtexec numbers them as given)."""
+    precision_flags = {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp8": ["--fp16", "--fp8"]}[plan["precision"]]
+    argv = ["$TRTEXEC", f"--onnx={build_dir}/{engine['onnx']}", f"--saveEngine={engine['engine']}",
+            *precision_flags]
+    for profile in engine["profiles"]:
+        for which, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
+            argv.append(f"{flag}={_shapes_arg(profile, which)}")
+    argv += [f"--memPoolSize=workspace:{plan['target']['workspace_mib']}M",
+             f"--timingCacheFile={plan['timing_cache']}", "--skipInference"]
+    return argv
+
+
+def trtexec_script(plan: dict) -> str:
+    """A bash script that builds every engine with trtexec, then records the engine metadata."""
+    target = plan["target"]
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Builds the TensorRT engines of a transprune build for {target['name']} ({target['gpu']}),",
+        f"# {plan['precision']}, on the device itself: engines are tied to its TensorRT version and GPU.",
+        "# Generated by transprune-build from plan.json; profile 0 of every engine is prefill, profile 1",
+        "# (where there is one) is decode. The scorers' `keep` is a shape-tensor value (TopK's K).",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        f"BUILD_DIR=\"${{BUILD_DIR:-{plan['build_dir']}}}\"",
+        'TRTEXEC="${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}"',
+        'PYTHON="${PYTHON:-python3}"',
+        "",
+    ]
+    total = len(plan["engines"])
+    for number, engine in enumerate(plan["engines"], 1):
+        lines.append(f"echo \"[{number}/{total}] {engine['graph']}\" >&2")
+        argv = trtexec_command(engine, plan)
+        quoted = [_quote(a) for a in argv]
+        lines.append(" \\\n    ".join(quoted))
+    lines += ["", "# engine metadata (TensorRT version, GPU, profiles) beside each engine, for the runtime's checks",
+              '"$PYTHON" -m transprune.runtime.trt_engines record . --built-with trtexec', ""]
+    return "\n".join(lines)
+
+
+def _quote(arg: str) -> str:
+    # keep $BUILD_DIR and $TRTEXEC expandable: double-quote arguments that reference them
+    return f'"{arg}"' if "$BUILD_DIR" in arg or "$TRTEXEC" in arg else shlex.quote(arg)
+
+
+def parse_trtexec_script(text: str) -> dict[str, dict]:
+    """{engine file: {"onnx": path, "precision": flags, "profiles": [{"min"/"opt"/"max": {input: dims}}]}}
+    read back from a script written by ``trtexec_script``: what trtexec will actually be told."""
+    joined = text.replace("\\\n", " ")
+    engines = {}
+    for line in joined.splitlines():
+        words = shlex.split(line, comments=True, posix=True)
+        if not words or words[0] != "$TRTEXEC":
+            continue
+        options: dict[str, list[str]] = {}
+        for word in words[1:]:
+            key, _, value = word.partition("=")
+            options.setdefault(key, []).append(value)
+        mins, opts, maxs = options.get("--minShapes", []), options.get("--optShapes", []), options.get("--maxShapes", [])
+        if not len(mins) == len(opts) == len(maxs):
+            raise TransPruneError(f"{line[:80]}...: unbalanced --minShapes/--optShapes/--maxShapes")
+        profiles = [{"min": _parse_shapes(a), "opt": _parse_shapes(b), "max": _parse_shapes(c)}
+                    for a, b, c in zip(mins, opts, maxs)]
+        engine = options["--saveEngine"][0]
+        engines[engine] = {"onnx": options["--onnx"][0], "profiles": profiles,
+                           "flags": sorted(k for k, v in options.items() if v == [""])}
+    return engines
+
+
+def _parse_shapes(spec: str) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for item in spec.split(","):
+        name, _, dims = item.rpartition(":")
+        out[name] = () if dims == "scalar" else tuple(int(d) for d in dims.split("x"))
+    return out
+
+
+def write_plan(plan: dict, engine_dir: Path) -> tuple[Path, Path]:
+    """Writes plan.json and the trtexec script into ``engine_dir`` (each atomically)."""
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    plan_path, script_path = engine_dir / PLAN_FILE, engine_dir / SCRIPT_FILE
+    _write_atomic(plan_path, json.dumps(plan, indent=1) + "\n")
+    _write_atomic(script_path, trtexec_script(plan))
+    script_path.chmod(0o755)
+    return plan_path, script_path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def profiles_from_plan(engine: dict) -> list[Profile]:
+    """Profiles of one plan entry as objects (for the polygraphy build)."""
+    return [Profile(p["phase"], tuple(InputProfile(name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"]), s["value"])
+                                      for name, s in p["inputs"].items())) for p in engine["profiles"]]
+

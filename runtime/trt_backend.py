@@ -1,0 +1,266 @@
+"""The TensorRT backend: one engine and one execution context per graph, built by ``transprune-build``.
+
+- Profiles: every engine has a prefill profile and, where the graph also runs per token (embed,
+  segments, head), a decode profile; a call picks its phase from its shapes (one new token is a
+  decode step) and switches the context's profile only when the phase changes.
+- Memory: contexts are created without their own activation memory; one device buffer sized for
+  the hungriest engine and profile serves them all, which is safe because every call runs on one
+  CUDA stream, one after another. KV caches are two device buffers per layer and part, sized for
+  the whole generation: TensorRT reads ``past`` from one and writes ``present`` into the other,
+  then they swap (as the onnxruntime backend does), so nothing is allocated per token. Input and
+  output buffers grow to the largest call and are then reused.
+- No torch: TensorRT's Python module and the CUDA runtime through polygraphy's ctypes wrapper.
+
+Engines are checked before use (``trt_engines.load_engine_set``): built by this TensorRT, for this
+GPU, from this build's graphs. Feeds are checked against the profile's min/max, so a prompt longer
+than the engines were built for fails with a message, not inside TensorRT.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from transprune.errors import TransPruneError
+
+from .backend import Backend, KVCache
+from .build import Build, GraphInfo, SegmentInfo
+from .trt_engines import import_tensorrt, load_engine_set, running_platform
+
+PER_TOKEN_KINDS = ("embed", "segment", "head")
+
+
+def call_phase(graph: GraphInfo, feeds: dict) -> str:
+    """``decode`` for a one-token call of a graph that also runs per token, else ``prefill``."""
+    first = graph.inputs[0].name
+    if graph.kind in PER_TOKEN_KINDS and np.shape(feeds[first])[1] == 1:
+        return "decode"
+    return "prefill"
+
+
+def check_feed_shapes(graph: str, profile: dict, shapes: dict[str, tuple], values: dict[str, tuple],
+                      limits: dict) -> None:
+    """Raises a TransPruneError naming the input, the shape and the engine's range when a call does
+    not fit ``profile`` (a metadata profile dict); ``values`` are shape-tensor inputs' values."""
+    for name, spec in profile["inputs"].items():
+        got = values[name] if spec["value"] else shapes.get(name)
+        if got is None:
+            raise TransPruneError(f"{graph}: input {name!r} was not fed")
+        low, high = tuple(spec["min"]), tuple(spec["max"])
+        if len(got) != len(low) or any(not lo <= g <= hi for g, lo, hi in zip(got, low, high)):
+            what = "values" if spec["value"] else "shape"
+            raise TransPruneError(
+                f"{graph} ({profile['phase']}): input {name!r} has {what} {tuple(got)}, the engine was built for "
+                f"{low}..{high} (at most {limits['max_batch']} prompts of {limits['max_text_tokens']} text tokens "
+                f"and {limits['max_new_tokens']} new tokens); rebuild with larger --max-batch/--max-text-tokens/"
+                f"--max-new-tokens, or shorten the request")
+
+
+class _Device:
+    """The few CUDA runtime calls the backend makes, through polygraphy's ctypes wrapper."""
+
+    def __init__(self) -> None:
+        from polygraphy import cuda
+
+        self.cuda = cuda
+        self.wrapper = cuda.wrapper()
+        self.stream = cuda.Stream()
+
+    def malloc(self, nbytes: int) -> int:
+        return self.wrapper.malloc(max(int(nbytes), 1))
+
+    def free(self, ptr: int) -> None:
+        self.wrapper.free(ptr)
+
+    def upload(self, ptr: int, array: np.ndarray) -> None:
+        self.wrapper.memcpy(ptr, array.ctypes.data, array.nbytes, self.cuda.MemcpyKind.HostToDevice, self.stream.ptr)
+
+    def download(self, array: np.ndarray, ptr: int) -> None:
+        self.wrapper.memcpy(array.ctypes.data, ptr, array.nbytes, self.cuda.MemcpyKind.DeviceToHost, self.stream.ptr)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def close(self) -> None:
+        self.stream.free()
+
+
+class _Buffer:
+    """A device allocation that grows (never shrinks) to the largest size asked of it."""
+
+    def __init__(self, device: _Device) -> None:
+        self.device, self.ptr, self.nbytes = device, 0, 0
+
+    def at_least(self, nbytes: int) -> int:
+        if nbytes > self.nbytes:
+            if self.ptr:
+                self.device.free(self.ptr)
+            self.ptr, self.nbytes = self.device.malloc(nbytes), nbytes
+        return self.ptr
+
+    def free(self) -> None:
+        if self.ptr:
+            self.device.free(self.ptr)
+        self.ptr, self.nbytes = 0, 0
+
+
+class _DeviceCache(KVCache):
+    """A segment's cache: per past input, two device buffers (read side, write side) that swap."""
+
+    def __init__(self, segment: SegmentInfo, batch: int, capacity: int, buffers: dict, generation: int) -> None:
+        super().__init__(segment, batch, capacity, generation)
+        self.buffers = buffers  # past name -> [read buffer, write buffer]
+
+
+class _Graph:
+    """One engine, its context, its profiles by phase, and its reusable I/O buffers."""
+
+    def __init__(self, trt, runtime, device: _Device, info: GraphInfo, path, meta: dict) -> None:
+        self.info, self.meta = info, meta
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise TransPruneError(f"{path}: TensorRT {trt.__version__} could not load this engine; rebuild it here "
+                                  f"with transprune-build")
+        self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        self.profiles = {p["phase"]: index for index, p in enumerate(meta["profiles"])}
+        self.active_profile = None
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.buffers = {n: _Buffer(device) for n in names}
+
+    def activation_bytes(self) -> int:
+        engine = self.engine
+        if hasattr(engine, "get_device_memory_size_for_profile_v2"):  # TensorRT >= 10.1
+            return max(engine.get_device_memory_size_for_profile_v2(i) for i in range(engine.num_optimization_profiles))
+        return engine.device_memory_size
+
+
+class TrtBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, build: Build, *, engines=None, verify: bool = True, threads: int | None = None) -> None:
+        """``engines``: the engine directory (default: the one ``trt-*`` directory inside the build).
+        ``threads`` is accepted for a uniform CLI and ignored (TensorRT runs on the GPU)."""
+        super().__init__(build)
+        trt = import_tensorrt()
+        self.engine_set = load_engine_set(build, engines, platform=running_platform(), verify=verify)
+        self.limits = self.engine_set.plan["limits"]
+        self.device = _Device()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+        self.graphs = {name: _Graph(trt, runtime, self.device, build.graphs[name], path, meta)
+                       for name, (path, meta) in self.engine_set.engines.items()}
+        # one activation buffer for every context: calls never overlap on the single stream
+        self.activations = _Buffer(self.device)
+        size = max(g.activation_bytes() for g in self.graphs.values())
+        self.activations.at_least(size)
+        for graph in self.graphs.values():
+            if hasattr(graph.context, "set_device_memory"):  # TensorRT >= 10.1
+                graph.context.set_device_memory(self.activations.ptr, size)
+            else:
+                graph.context.device_memory = self.activations.ptr
+        self._pool: dict[tuple, _Buffer] = {}
+
+    # -- calls ---------------------------------------------------------------------------------
+    def _prepare(self, name: str, feeds: dict, bound: dict[str, tuple[int, tuple]]) -> tuple["_Graph", list]:
+        """Selects the profile, sets shapes and addresses of inputs (uploading host feeds) and of
+        ``bound`` tensors (device pointers with shapes: cache buffers); returns the graph and the
+        host arrays that must stay alive until the stream is synchronized."""
+        graph = self.graphs[name]
+        phase = call_phase(graph.info, feeds)
+        if phase not in graph.profiles:
+            raise TransPruneError(f"{name}: the engine has no {phase} profile; rebuild with transprune-build")
+        profile = graph.meta["profiles"][graph.profiles[phase]]
+        host = {n: np.ascontiguousarray(feeds[n], dtype=graph.dtypes[n]) for n in graph.inputs if n not in bound}
+        shapes = {**{n: a.shape for n, a in host.items()}, **{n: s for n, (_, s) in bound.items()}}
+        values = {n: tuple(a.reshape(-1).tolist()) for n, a in host.items() if profile["inputs"][n]["value"]}
+        check_feed_shapes(name, profile, shapes, values, self.limits)
+        context = graph.context
+        if graph.active_profile != graph.profiles[phase]:
+            context.set_optimization_profile_async(graph.profiles[phase], self.device.stream.ptr)
+            graph.active_profile = graph.profiles[phase]
+        for n in graph.inputs:
+            if n in bound:
+                ptr, shape = bound[n]
+                context.set_input_shape(n, shape)
+                context.set_tensor_address(n, ptr)
+            elif n in values:  # shape-tensor input: TensorRT reads it from host memory
+                context.set_input_shape(n, host[n].shape)
+                context.set_tensor_address(n, host[n].ctypes.data)
+            else:
+                context.set_input_shape(n, host[n].shape)
+                ptr = graph.buffers[n].at_least(host[n].nbytes)
+                self.device.upload(ptr, host[n])
+                context.set_tensor_address(n, ptr)
+        return graph, list(host.values())
+
+    def _execute(self, graph: "_Graph", bound: dict[str, tuple[int, tuple]], keep_alive: list) -> dict:
+        """Binds outputs not in ``bound`` to reusable buffers, runs, downloads them."""
+        context, results = graph.context, {}
+        for n in graph.outputs:
+            if n in bound:
+                context.set_tensor_address(n, bound[n][0])
+                continue
+            shape = tuple(context.get_tensor_shape(n))
+            results[n] = np.empty(shape, dtype=graph.dtypes[n])
+            context.set_tensor_address(n, graph.buffers[n].at_least(results[n].nbytes))
+        if not context.execute_async_v3(self.device.stream.ptr):
+            raise TransPruneError(f"TensorRT failed to run {graph.info.name} (see its log above)")
+        for n, array in results.items():
+            self.device.download(array, graph.buffers[n].ptr)
+        self.device.synchronize()
+        del keep_alive
+        return results
+
+    def run(self, graph: str, feeds: dict) -> dict:
+        prepared, keep_alive = self._prepare(graph, feeds, {})
+        return self._execute(prepared, {}, keep_alive)
+
+    # -- caches --------------------------------------------------------------------------------
+    def new_cache(self, segment: SegmentInfo, *, batch: int, capacity: int) -> KVCache:
+        itemsize = np.dtype(self.build.float_type).itemsize
+        nbytes = batch * segment.kv_heads * capacity * segment.head_dim * itemsize
+        buffers = {}
+        for past, _ in segment.kv:
+            sides = []
+            for side in (0, 1):
+                buffer = self._pool.setdefault((segment.index, past, side), _Buffer(self.device))
+                buffer.at_least(nbytes)
+                sides.append(buffer)
+            buffers[past] = sides
+        return _DeviceCache(segment, batch, capacity, buffers, self.generation)
+
+    def run_segment(self, segment: SegmentInfo, feeds: dict, cache: KVCache) -> dict:
+        if cache.generation != self.generation:
+            raise TransPruneError("this cache belongs to a generation that a newer one superseded (its device "
+                                  "buffers were reused); finish one generation before starting the next")
+        new = feeds["hidden"].shape[1]
+        if cache.length + new > cache.capacity:
+            raise TransPruneError(f"{segment.name}: {cache.length + new} positions exceed the cache's "
+                                  f"{cache.capacity}; generate fewer tokens")
+        heads, dim = segment.kv_heads, segment.head_dim
+        bound = {}
+        for past, present in segment.kv:
+            read, write = cache.buffers[past]
+            bound[past] = (read.ptr, (cache.batch, heads, cache.length, dim))
+            bound[present] = (write.ptr, (cache.batch, heads, cache.length + new, dim))
+        graph, keep_alive = self._prepare(segment.name, feeds, {k: v for k, v in bound.items()
+                                                                 if k in dict(segment.kv)})
+        out = self._execute(graph, bound, keep_alive)
+        for past, _ in segment.kv:
+            cache.buffers[past].reverse()  # what was written is read next
+        cache.length += new
+        return out
+
+    def close(self) -> None:
+        for graph in getattr(self, "graphs", {}).values():
+            for buffer in graph.buffers.values():
+                buffer.free()
+        for buffer in getattr(self, "_pool", {}).values():
+            buffer.free()
+        if hasattr(self, "activations"):
+            self.activations.free()
+        self.graphs, self._pool = {}, {}
+        if hasattr(self, "device"):
+            self.device.close()
