@@ -118,3 +118,22 @@ def weight_bytes_at(export_weight_bytes: int, export_dtype: str, precision: str)
 def estimate_memory(*, target: Target, weights: int, kv_cache: int) -> MemoryEstimate:
     return MemoryEstimate(weights=weights, kv_cache=kv_cache, activations=target.workspace_mib * MIB,
                           overhead=RUNTIME_OVERHEAD_BYTES, budget=int(target.budget_gib * GIB))
+
+
+def preset_parameters(preset) -> int:
+    """Parameters of a model preset (decoder, embeddings, lm_head, CLIP tower, projector), for
+    memory estimates before anything is exported."""
+    text, vision = preset.text, preset.vision
+    d, kv_width = text.hidden_size, text.num_kv_heads * text.head_dim
+    layer = d * d * 2 + d * kv_width * 2 + 3 * d * text.intermediate_size + 2 * d
+    decoder = text.num_layers * layer + d + 2 * text.vocab_size * d
+    v = vision.hidden_size
+    vision_layer = 4 * v * v + 4 * v + 2 * v * vision.intermediate_size + vision.intermediate_size + v + 4 * v
+    tower = (vision.num_layers * vision_layer + 3 * vision.patch_size ** 2 * v + (vision.n_patches + 1) * v + 5 * v)
+    projector = v * d + d + d * d + d
+    return decoder + tower + projector
+
+
+def kv_bytes_per_token(preset, itemsize: int = 2) -> int:
+    """Bytes one token adds to every layer's keys and values."""
+    return 2 * preset.text.num_layers * preset.text.num_kv_heads * preset.text.head_dim * itemsize

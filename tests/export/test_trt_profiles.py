@@ -1,0 +1,139 @@
+"""TensorRT profiles derived from the manifest and schedule: exact min/opt/max, and the real chain's
+feeds always inside them."""
+
+from __future__ import annotations
+
+import pytest
+
+from transprune.errors import TransPruneError
+from transprune.export.trt_profiles import build_profiles, kv_cache_bytes, shape_limits
+from transprune.runtime.build import Build
+from transprune.schedule import Schedule, preset
+
+
+def _ranges(profiles, graph, phase, name):
+    profile = next(p for p in profiles[graph] if p.phase == phase)
+    spec = profile.input(name)
+    return spec.min, spec.opt, spec.max
+
+
+def test_paper_schedule_on_llava_1_5_7b_with_default_limits(spec_build):
+    build = spec_build("llava-1.5-7b", preset("paper"))
+    limits = shape_limits(build)
+    # 4096 positions - 576 image - 1024 text tokens leave 2496 for the answer
+    assert (limits.max_batch, limits.max_text_tokens, limits.max_new_tokens) == (1, 1024, 2496)
+    profiles = build_profiles(build, limits)
+    assert list(profiles) == ["vision", "embed", "prefill_inputs", "segment_0", "scorer_0", "segment_1",
+                              "scorer_1", "segment_2", "scorer_2", "segment_3", "head"]
+    assert [p.phase for p in profiles["segment_0"]] == ["prefill", "decode"]
+    assert [p.phase for p in profiles["scorer_0"]] == ["prefill"]
+    assert [p.phase for p in profiles["vision"]] == ["prefill"]
+    assert _ranges(profiles, "vision", "prefill", "pixel_values") == ((1, 3, 336, 336),) * 3
+    assert _ranges(profiles, "embed", "prefill", "input_ids") == ((1, 577), (1, 640), (1, 1600))
+    assert _ranges(profiles, "embed", "decode", "input_ids") == ((1, 1),) * 3
+    # prefill: the image tokens alive before each segment plus 1..1024 text tokens, empty cache
+    for graph, image in (("segment_0", 576), ("segment_1", 504), ("segment_2", 360), ("segment_3", 72)):
+        assert _ranges(profiles, graph, "prefill", "hidden") == (
+            (1, image + 1, 4096), (1, image + 64, 4096), (1, image + 1024, 4096))
+        layer = build.segments[int(graph[-1])].layers[0]
+        assert _ranges(profiles, graph, "prefill", f"past_key.{layer}") == ((1, 32, 0, 128),) * 3
+    # decode: one token over the kept prompt plus the answer so far (opt: 64 text + 32 generated)
+    assert _ranges(profiles, "segment_0", "decode", "past_value.1") == (
+        (1, 32, 577, 128), (1, 32, 672, 128), (1, 32, 4095, 128))
+    assert _ranges(profiles, "segment_0", "decode", "attention_mask") == ((1, 578), (1, 673), (1, 4096))
+    assert _ranges(profiles, "segment_1", "decode", "past_key.8") == (
+        (1, 32, 505, 128), (1, 32, 600, 128), (1, 32, 4023, 128))
+    assert _ranges(profiles, "segment_2", "decode", "past_key.12") == (
+        (1, 32, 361, 128), (1, 32, 456, 128), (1, 32, 3879, 128))
+    assert _ranges(profiles, "segment_3", "decode", "past_key.32") == (
+        (1, 32, 73, 128), (1, 32, 168, 128), (1, 32, 3591, 128))
+    assert _ranges(profiles, "segment_3", "decode", "position_ids") == ((1, 1),) * 3
+    # scorers: the sequence before the prune, the alive image tokens, K as a shape-tensor value
+    assert _ranges(profiles, "scorer_1", "prefill", "hidden") == ((1, 505, 4096), (1, 568, 4096), (1, 1528, 4096))
+    assert _ranges(profiles, "scorer_1", "prefill", "alive") == ((1, 504),) * 3
+    assert _ranges(profiles, "scorer_1", "prefill", "ttv_sum") == ((1, 504),) * 3
+    assert _ranges(profiles, "scorer_1", "prefill", "image_start") == ((1,),) * 3
+    keep = next(p for p in profiles["scorer_2"]).input("keep")
+    assert keep.value and (keep.min, keep.opt, keep.max) == ((72,), (72,), (72,))
+    assert _ranges(profiles, "head", "prefill", "hidden") == ((1, 73, 4096), (1, 136, 4096), (1, 1096, 4096))
+    assert _ranges(profiles, "head", "decode", "hidden") == ((1, 1, 4096),) * 3
+
+
+def test_batch_text_and_answer_limits_narrow_every_range(spec_build):
+    build = spec_build("llava-1.5-7b", preset("paper"))
+    profiles = build_profiles(build, shape_limits(build, max_batch=4, max_text_tokens=256, max_new_tokens=128))
+    assert _ranges(profiles, "vision", "prefill", "pixel_values") == (
+        (1, 3, 336, 336), (1, 3, 336, 336), (4, 3, 336, 336))
+    assert _ranges(profiles, "segment_0", "prefill", "hidden") == ((1, 577, 4096), (1, 640, 4096), (4, 832, 4096))
+    # 576 + 256 + 128 positions at most: the last decode step sees 959 cached
+    assert _ranges(profiles, "segment_0", "decode", "past_key.1") == (
+        (1, 32, 577, 128), (1, 32, 672, 128), (4, 32, 959, 128))
+    assert _ranges(profiles, "segment_3", "decode", "past_key.13") == (
+        (1, 32, 73, 128), (1, 32, 168, 128), (4, 32, 455, 128))
+    # short limits cap the opt values too
+    small = build_profiles(build, shape_limits(build, max_text_tokens=16, max_new_tokens=8))
+    assert _ranges(small, "segment_1", "prefill", "hidden") == ((1, 505, 4096), (1, 520, 4096), (1, 520, 4096))
+    assert _ranges(small, "segment_1", "decode", "past_key.8") == (
+        (1, 32, 505, 128), (1, 32, 524, 128), (1, 32, 527, 128))
+
+
+def test_layer_shifted_schedule_and_no_pruning(spec_build):
+    # one of the paper's Table 9 shifts: prune after layers 8, 10 and 13
+    shifted = Schedule(accumulate=tuple(range(8, 14)), prune=(8, 10, 13), ratios=(0.875, 0.625, 0.125),
+                       name="shift+1")
+    build = spec_build("llava-1.5-7b", shifted)
+    profiles = build_profiles(build, shape_limits(build, max_text_tokens=128, max_new_tokens=64))
+    assert [s.layers for s in build.segments] == [(1, 8), (9, 10), (11, 13), (14, 32)]
+    assert _ranges(profiles, "segment_1", "decode", "past_key.9") == (
+        (1, 32, 505, 128), (1, 32, 600, 128), (1, 32, 695, 128))
+    assert _ranges(profiles, "scorer_2", "prefill", "hidden") == ((1, 361, 4096), (1, 424, 4096), (1, 488, 4096))
+    none = spec_build("llava-1.5-7b", preset("none"))
+    profiles = build_profiles(none, shape_limits(none, max_text_tokens=128, max_new_tokens=64))
+    assert [name for name in profiles if name.startswith(("segment", "scorer"))] == ["segment_0"]
+    assert _ranges(profiles, "segment_0", "decode", "past_key.32") == (
+        (1, 32, 577, 128), (1, 32, 672, 128), (1, 32, 767, 128))
+    assert _ranges(profiles, "head", "prefill", "hidden") == ((1, 577, 4096), (1, 640, 4096), (1, 704, 4096))
+
+
+def test_kv_cache_bytes_follow_the_kept_tokens(spec_build):
+    limits_args = dict(max_text_tokens=100, max_new_tokens=50)
+    paper = spec_build("llava-1.5-7b", preset("paper"))
+    none = spec_build("llava-1.5-7b", preset("none"))
+    per_position = 2 * 32 * 128 * 2  # key + value, 32 heads x 128, fp16, per layer
+    # layers 1-7 keep 576 image tokens, 8-9 504, 10-12 360, 13-32 72; two buffers per tensor
+    positions = 7 * 576 + 2 * 504 + 3 * 360 + 20 * 72 + 32 * 150
+    assert kv_cache_bytes(paper, shape_limits(paper, **limits_args)) == 2 * per_position * positions
+    assert kv_cache_bytes(none, shape_limits(none, **limits_args)) == 2 * per_position * 32 * (576 + 150)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_text_tokens=2000), r"--max-text-tokens 2000 must lie in 1\.\.1024 .*re-export"),
+    (dict(max_text_tokens=0), r"--max-text-tokens 0 must lie in 1\.\.1024"),
+    (dict(max_batch=0), "--max-batch 0 must be a positive integer"),
+    (dict(max_new_tokens=2497), r"--max-new-tokens 2497 must lie in 1\.\.2496 \(4096 positions minus 576 image"),
+])
+def test_limits_outside_the_build_are_refused(spec_build, kwargs, message):
+    build = spec_build("llava-1.5-7b", preset("paper"))
+    with pytest.raises(TransPruneError, match=message):
+        shape_limits(build, **kwargs)
+
+
+def test_the_real_chain_feeds_fit_the_profiles_of_their_phase(paper_build):
+    """Every input of every graph call in a real onnxruntime generation of the tiny build (prefill
+    and two decode steps) lies within the min/max of the profile for its phase."""
+    from transprune.export.trt_build import record_chain_feeds
+
+    build = Build.open(paper_build[0])
+    profiles = build_profiles(build, shape_limits(build, max_text_tokens=64, max_new_tokens=8))
+    feeds = record_chain_feeds(build, prompt="What is in the picture?")
+    phases = {name: [p.phase for p in graph] for name, graph in profiles.items()}
+    assert {key for key in feeds} == {(name, phase) for name, graph in phases.items() for phase in graph}
+    for (graph, phase), calls in feeds.items():
+        profile = next(p for p in profiles[graph] if p.phase == phase)
+        for call in calls:
+            assert set(call) == {i.name for i in profile.inputs}
+            for spec in profile.inputs:
+                got = tuple(call[spec.name].reshape(-1).tolist()) if spec.value else call[spec.name].shape
+                assert len(got) == len(spec.min), (graph, phase, spec.name)
+                assert all(lo <= g <= hi for lo, g, hi in zip(spec.min, got, spec.max)), (graph, spec.name, got)
+    assert len(feeds[("segment_2", "decode")]) == 2

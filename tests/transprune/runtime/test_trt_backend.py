@@ -1,0 +1,317 @@
+"""The tensorrt backend.
+
+There is no GPU and no TensorRT on these machines, so the tests named ``simulated_gpu`` run the
+backend against a stand-in: a ``tensorrt`` module whose engines run their ONNX graph with
+onnxruntime and enforce what TensorRT enforces (the active profile's min/max for every input,
+device memory set before running, shape tensors read from host memory, every other tensor in a
+device allocation big enough for it), and a CUDA "device" that is host memory. What they check
+is the backend's own logic: profile choice, shapes, pointer binding, cache ping-pong, buffer reuse,
+the shared activation memory, and metadata checks. The test marked ``gpu`` builds real engines with
+polygraphy and is skipped here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from transprune.errors import TransPruneError
+from transprune.export.trt_plan import make_plan, write_plan
+from transprune.export.trt_profiles import shape_limits
+from transprune.export.trt_targets import get_target
+from transprune.runtime import trt_backend
+from transprune.runtime.build import Build
+from transprune.runtime.ort_backend import OrtBackend
+from transprune.runtime.pipeline import Pipeline
+from transprune.runtime.trt_engines import EngineMismatch, Platform, write_metadata
+from transprune.sample_image import sample_images
+
+PLATFORM = Platform("10.3.0.30", (8, 7), "simulated Orin")
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+class SimulatedDevice:
+    """Device memory that is host memory; counts allocations."""
+
+    def __init__(self) -> None:
+        self.allocations: dict[int, np.ndarray] = {}
+        self.mallocs = 0
+
+    def malloc(self, nbytes: int) -> int:
+        array = np.zeros(max(int(nbytes), 1), dtype=np.uint8)
+        self.allocations[array.ctypes.data] = array
+        self.mallocs += 1
+        return array.ctypes.data
+
+    def free(self, ptr: int) -> None:
+        del self.allocations[ptr]
+
+    def holds(self, ptr: int, nbytes: int) -> bool:
+        return any(base <= ptr and ptr + nbytes <= base + a.nbytes for base, a in self.allocations.items())
+
+    def upload(self, ptr: int, array: np.ndarray) -> None:
+        assert self.holds(ptr, array.nbytes)
+        ctypes.memmove(ptr, array.ctypes.data, array.nbytes)
+
+    def download(self, array: np.ndarray, ptr: int) -> None:
+        assert self.holds(ptr, array.nbytes)
+        ctypes.memmove(array.ctypes.data, ptr, array.nbytes)
+
+    def synchronize(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    class stream:  # noqa: N801 - mirrors _Device.stream.ptr
+        ptr = 1
+
+
+def _read(ptr: int, shape: tuple, dtype) -> np.ndarray:
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer((ctypes.c_char * nbytes).from_address(ptr), dtype=dtype).reshape(shape).copy()
+
+
+class SimulatedContext:
+    def __init__(self, engine) -> None:
+        self.engine, self.shapes, self.addresses = engine, {}, {}
+        self.profile, self.profile_switches, self.device_memory, self.results = None, [], None, None
+        self.profiles_run: list[int] = []
+
+    def set_device_memory(self, ptr: int, size: int) -> None:
+        assert size >= max(self.engine.memory_sizes)
+        self.device_memory = ptr
+
+    def set_optimization_profile_async(self, index: int, stream: int) -> None:
+        assert 0 <= index < self.engine.num_optimization_profiles
+        self.profile = index
+        self.profile_switches.append(index)
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        self.shapes[name], self.results = tuple(shape), None
+        return True
+
+    def set_tensor_address(self, name: str, ptr: int) -> bool:
+        self.addresses[name] = ptr
+        return True
+
+    def _run(self) -> dict:
+        if self.results is None:
+            engine, device = self.engine, self.engine.device
+            profile = engine.spec["profiles"][self.profile]
+            feeds = {}
+            for name in engine.inputs:
+                shape, spec = self.shapes[name], profile["inputs"][name]
+                ptr = self.addresses[name]
+                array = _read(ptr, shape, engine.dtypes[name])
+                if spec["value"]:
+                    assert not device.holds(ptr, 1), f"shape tensor {name} must be in host memory"
+                    got = tuple(array.reshape(-1).tolist())
+                else:
+                    assert device.holds(ptr, array.nbytes), f"{name} is not in device memory"
+                    got = shape
+                if len(got) != len(spec["min"]) or not all(lo <= g <= hi for lo, g, hi in
+                                                           zip(spec["min"], got, spec["max"])):
+                    raise AssertionError(f"{name} {got} is outside profile {self.profile} of {engine.spec['graph']}")
+                feeds[name] = array
+            self.results = dict(zip(engine.outputs, engine.session.run(None, feeds)))
+        return self.results
+
+    def get_tensor_shape(self, name: str):
+        return self._run()[name].shape
+
+    def execute_async_v3(self, stream: int) -> bool:
+        assert self.device_memory is not None, "no activation memory was given to the context"
+        self.profiles_run.append(self.profile)
+        for name, array in self._run().items():
+            ptr = self.addresses[name]
+            assert self.engine.device.holds(ptr, array.nbytes), f"output {name} does not fit its buffer"
+            ctypes.memmove(ptr, np.ascontiguousarray(array).ctypes.data, array.nbytes)
+        self.results = None
+        return True
+
+
+class SimulatedEngine:
+    def __init__(self, spec: dict, device: SimulatedDevice) -> None:
+        import onnxruntime
+
+        self.spec, self.device = spec, device
+        self.session = onnxruntime.InferenceSession(spec["onnx"], providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.dtypes = {t.name: np.dtype(ORT_TYPES[t.type])
+                       for t in (*self.session.get_inputs(), *self.session.get_outputs())}
+        self.num_optimization_profiles = len(spec["profiles"])
+        self.memory_sizes = [4096 * (len(self.inputs) + i) for i in range(self.num_optimization_profiles)]
+        self.contexts = []
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self.inputs) + len(self.outputs)
+
+    def get_tensor_name(self, index: int) -> str:
+        return (self.inputs + self.outputs)[index]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "input" if name in self.inputs else "output"
+
+    def get_tensor_dtype(self, name: str):
+        return self.dtypes[name]
+
+    def get_device_memory_size_for_profile_v2(self, index: int) -> int:
+        return self.memory_sizes[index]
+
+    def create_execution_context(self, strategy):
+        assert strategy == "user-managed", "contexts must not allocate their own activation memory"
+        self.contexts.append(SimulatedContext(self))
+        return self.contexts[-1]
+
+
+def simulated_tensorrt(device: SimulatedDevice, engines: list) -> types.ModuleType:
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = PLATFORM.tensorrt_version
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level) -> None:
+            pass
+
+    class Runtime:
+        def __init__(self, logger) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, data: bytes):
+            engines.append(SimulatedEngine(json.loads(data), device))
+            return engines[-1]
+
+    trt.Logger, trt.Runtime = Logger, Runtime
+    trt.ExecutionContextAllocationStrategy = types.SimpleNamespace(USER_MANAGED="user-managed")
+    trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
+    trt.nptype = lambda dtype: dtype
+    return trt
+
+
+@pytest.fixture(scope="module")
+def engine_dir(paper_build, tmp_path_factory):
+    """Simulated engines (JSON naming the ONNX graph and the profiles) for the tiny paper build,
+    planned for batch <= 2, 64 text tokens, 12 new tokens, with real metadata beside them."""
+    build = Build.open(paper_build[0])
+    directory = tmp_path_factory.mktemp("engines")
+    plan = make_plan(build, target=get_target("jetson-agx-orin"), precision="fp16",
+                     limits=shape_limits(build, max_batch=2, max_text_tokens=64, max_new_tokens=12),
+                     engine_dir=directory)
+    write_plan(plan, directory)
+    for entry in plan["engines"]:
+        path = directory / entry["engine"]
+        path.write_text(json.dumps({"graph": entry["graph"], "onnx": str(build.graphs[entry["graph"]].file),
+                                    "profiles": entry["profiles"]}))
+        write_metadata(entry, plan, path, PLATFORM, built_with="simulation")
+    return directory
+
+
+@pytest.fixture
+def simulated(monkeypatch):
+    """(device, engines) after installing the simulated TensorRT and CUDA device."""
+    device, engines = SimulatedDevice(), []
+    monkeypatch.setitem(sys.modules, "tensorrt", simulated_tensorrt(device, engines))
+    monkeypatch.setattr(trt_backend, "_Device", lambda: device)
+    monkeypatch.setattr(trt_backend, "running_platform", lambda: PLATFORM)
+    return device, engines
+
+
+def test_simulated_gpu_generation_equals_onnxruntime(paper_build, engine_dir, simulated):
+    device, engines = simulated
+    build = Build.open(paper_build[0])
+    images, prompts = sample_images()[:2], ["What is shown here?", "Describe the colours in one sentence."]
+    with Pipeline(build, OrtBackend(build)) as reference:
+        expected = reference.generate_batch(images, prompts, max_new_tokens=6)
+    with Pipeline(build, trt_backend.TrtBackend(build, engines=engine_dir)) as pipeline:
+        got = pipeline.generate_batch(images, prompts, max_new_tokens=6)
+        single = pipeline.generate(images[0], prompts[0], max_new_tokens=6)
+    assert [g.tokens for g in got] == [e.tokens for e in expected]
+    assert [g.kept for g in got] == [e.kept for e in expected]
+    assert single.tokens == expected[0].tokens and single.kept == expected[0].kept
+    assert len(engines) == 11 and not device.allocations  # close() freed every device buffer
+
+
+def test_simulated_gpu_profiles_shared_activations_and_no_allocation_per_token(paper_build, engine_dir, simulated):
+    device, engines = simulated
+    build = Build.open(paper_build[0])
+    backend = trt_backend.TrtBackend(build, engines=engine_dir)
+    pipeline = Pipeline(build, backend)
+    pipeline.generate(sample_images()[0], "What is shown here?", max_new_tokens=5)
+    by_graph = {e.spec["graph"]: e.contexts[0] for e in engines}
+    # prefill runs profile 0, each decode step profile 1; the profile is switched only on a phase change
+    assert by_graph["segment_1"].profiles_run == [0, 1, 1, 1, 1]
+    assert by_graph["segment_1"].profile_switches == [0, 1]
+    assert by_graph["embed"].profiles_run == [0, 1, 1, 1, 1] and by_graph["head"].profiles_run == [0, 1, 1, 1, 1]
+    assert by_graph["scorer_0"].profiles_run == [0] and by_graph["vision"].profiles_run == [0]
+    # one activation buffer for every context, sized for the hungriest engine and profile
+    assert len({c.device_memory for c in by_graph.values()}) == 1
+    shared = by_graph["vision"].device_memory
+    assert device.allocations[shared].nbytes == max(max(e.memory_sizes) for e in engines)
+    # a second generation of the same size reuses every buffer: nothing is allocated at all
+    before = device.mallocs
+    pipeline.generate(sample_images()[0], "What is shown here?", max_new_tokens=5)
+    assert device.mallocs == before
+    assert by_graph["segment_1"].profile_switches == [0, 1, 0, 1]
+    pipeline.close()
+
+
+def test_simulated_gpu_request_beyond_the_engines_is_refused_with_the_fix(paper_build, engine_dir, simulated):
+    build = Build.open(paper_build[0])
+    with Pipeline(build, trt_backend.TrtBackend(build, engines=engine_dir)) as pipeline:
+        with pytest.raises(TransPruneError, match=r"embed \(prefill\): input 'input_ids' has shape \(1, 7\d\d\), "
+                                                  r"the engine was built for .*rebuild with larger"):
+            pipeline.generate(sample_images()[0], "word " * 150, max_new_tokens=2)
+        with pytest.raises(TransPruneError, match=r"vision \(prefill\): input 'pixel_values' has shape "
+                                                  r"\(3, 3, 336, 336\).*at most 2 prompts"):
+            pipeline.generate_batch(sample_images(), ["a", "b", "c"], max_new_tokens=2)
+
+
+def test_simulated_gpu_engines_of_another_tensorrt_or_gpu_are_refused(paper_build, engine_dir, simulated,
+                                                                      monkeypatch):
+    build = Build.open(paper_build[0])
+    monkeypatch.setattr(trt_backend, "running_platform", lambda: Platform("10.7.0", (8, 7)))
+    with pytest.raises(EngineMismatch, match="built with TensorRT 10.3.0.30, this is TensorRT 10.7.0; .*rebuild"):
+        trt_backend.TrtBackend(build, engines=engine_dir)
+    monkeypatch.setattr(trt_backend, "running_platform", lambda: Platform("10.3.0.30", (9, 0), "H100"))
+    with pytest.raises(EngineMismatch, match=r"compute capability 8.7 .*this GPU is 9.0 \(H100\); rebuild on the "
+                                             r"target"):
+        trt_backend.TrtBackend(build, engines=engine_dir)
+
+
+def test_without_tensorrt_the_backend_says_what_to_install(paper_build, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail as when absent
+    with pytest.raises(TransPruneError, match="TensorRT's Python module is not importable here .*JetPack "
+                                              ".*python3-libnvinfer.*pypi.nvidia.com"):
+        Pipeline.from_dir(paper_build[0], backend="tensorrt")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason="needs TensorRT and an NVIDIA GPU; neither is on this machine")
+def test_gpu_real_engines_generate_like_onnxruntime(paper_build, tmp_path):
+    """On a GPU with TensorRT: build the tiny paper build's engines with polygraphy (fp16), compare
+    each with onnxruntime, and generate the same greedy tokens as the onnxruntime backend."""
+    from transprune.cli.build import main as build_main
+
+    out = tmp_path / "engines"
+    assert build_main([str(paper_build[0]), "--target", "datacenter-hopper", "--max-text-tokens", "64",
+                       "--max-new-tokens", "16", "--out", str(out), "--compare"]) == 0
+    build = Build.open(paper_build[0])
+    image, prompt = sample_images()[0], "What is shown here?"
+    with Pipeline(build, OrtBackend(build)) as reference:
+        expected = reference.generate(image, prompt, max_new_tokens=8)
+    with Pipeline(build, trt_backend.TrtBackend(build, engines=out)) as pipeline:
+        got = pipeline.generate(image, prompt, max_new_tokens=8)
+    assert got.kept == expected.kept and got.tokens == expected.tokens
