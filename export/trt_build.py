@@ -48,19 +48,28 @@ def build_engines(plan: dict, build: Build, engine_dir: Path, *, timing_cache: P
         started = time.perf_counter()
         log(f"[{number}/{len(plan['engines'])}] {engine['graph']}: building {precision} engine "
             f"({len(engine['profiles'])} profile{'s' if len(engine['profiles']) > 1 else ''})")
+        onnx_path = resolve_inside(build.directory, engine["onnx"])
+        builder, network, parser = NetworkFromOnnxPath(str(onnx_path))()
+        # The scorers' keep (TopK's K) is planned as a shape-tensor value; should this TensorRT parse
+        # it as an ordinary 0-d input instead, it gets a fixed scalar shape (its value is then read
+        # from device memory, and the runtime uploads it, see trt_backend).
+        shape_tensors = {network.get_input(i).name for i in range(network.num_inputs)
+                         if network.get_input(i).is_shape_tensor}
         profiles = []
         for profile in profiles_from_plan(engine):
             poly = PolygraphyProfile()
             for spec in profile.inputs:
-                poly.add(spec.name, spec.min, spec.opt, spec.max)
+                if spec.value and spec.name not in shape_tensors:
+                    poly.add(spec.name, (), (), ())
+                else:
+                    poly.add(spec.name, spec.min, spec.opt, spec.max)
             profiles.append(poly)
         config = CreateConfig(
             fp16=precision in ("fp16", "fp8"), bf16=precision == "bf16", fp8=precision == "fp8",
             profiles=profiles,
             memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan["target"]["workspace_mib"] << 20},
             load_timing_cache=str(timing_cache) if timing_cache.is_file() else None)
-        onnx_path = resolve_inside(build.directory, engine["onnx"])
-        serialized = EngineBytesFromNetwork(NetworkFromOnnxPath(str(onnx_path)), config=config,
+        serialized = EngineBytesFromNetwork((builder, network, parser), config=config,
                                             save_timing_cache=str(timing_cache))()
         if serialized is None:
             raise TransPruneError(f"TensorRT could not build {engine['graph']} (see its log above)")

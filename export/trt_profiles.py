@@ -179,10 +179,18 @@ def build_profiles(build: Build, limits: ShapeLimits) -> dict[str, list[Profile]
 def kv_cache_bytes(build: Build, limits: ShapeLimits) -> int:
     """Device bytes of every segment's KV cache at the largest decode profile, two buffers each
     (the runtime reads ``past`` from one and writes ``present`` into the other)."""
-    itemsize = 4 if build.float_type.__name__ == "float32" else 2
-    total = 0
-    for segment in build.segments:
-        capacity = build.n_image - segment.position_shift + limits.max_text_tokens + limits.max_new_tokens
-        per_tensor = limits.max_batch * segment.kv_heads * capacity * segment.head_dim * itemsize
-        total += 2 * len(segment.kv) * per_tensor
-    return total
+    segment_of = {layer: s for s in build.segments for layer in range(s.layers[0], s.layers[1] + 1)}
+    layers = sorted(segment_of)
+    segment = build.segments[0]
+    return kv_cache_bytes_for(image_tokens_per_layer=[build.n_image - segment_of[l].position_shift for l in layers],
+                              kv_heads=segment.kv_heads, head_dim=segment.head_dim,
+                              itemsize=4 if build.float_type.__name__ == "float32" else 2, limits=limits)
+
+
+def kv_cache_bytes_for(*, image_tokens_per_layer: list[int], kv_heads: int, head_dim: int, itemsize: int,
+                       limits: ShapeLimits) -> int:
+    """Two buffers per key and value of every layer, each holding that layer's image tokens, the
+    longest prompt and the longest answer for ``max_batch`` prompts."""
+    per_position = limits.max_batch * kv_heads * head_dim * itemsize
+    return sum(2 * 2 * per_position * (image + limits.max_text_tokens + limits.max_new_tokens)
+               for image in image_tokens_per_layer)

@@ -128,6 +128,8 @@ class _Graph:
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
         self.buffers = {n: _Buffer(device) for n in names}
+        # inputs TensorRT reads from host memory: shape tensors (the scorers' keep, TopK's K)
+        self.host_inputs = {n for n in self.inputs if self.engine.is_shape_inference_io(n)}
 
     def activation_bytes(self) -> int:
         engine = self.engine
@@ -185,7 +187,7 @@ class TrtBackend(Backend):
                 ptr, shape = bound[n]
                 context.set_input_shape(n, shape)
                 context.set_tensor_address(n, ptr)
-            elif n in values:  # shape-tensor input: TensorRT reads it from host memory
+            elif n in graph.host_inputs:  # shape-tensor input: TensorRT reads it from host memory
                 context.set_input_shape(n, host[n].shape)
                 context.set_tensor_address(n, host[n].ctypes.data)
             else:

@@ -166,6 +166,9 @@ class SimulatedEngine:
     def get_tensor_dtype(self, name: str):
         return self.dtypes[name]
 
+    def is_shape_inference_io(self, name: str) -> bool:
+        return name == "keep"  # TopK's K: TensorRT parses it as a shape tensor
+
     def get_device_memory_size_for_profile_v2(self, index: int) -> int:
         return self.memory_sizes[index]
 
