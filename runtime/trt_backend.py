@@ -145,7 +145,11 @@ class TrtBackend(Backend):
         """``engines``: the engine directory (default: the one ``trt-*`` directory inside the build).
         ``threads`` is accepted for a uniform CLI and ignored (TensorRT runs on the GPU)."""
         super().__init__(build)
-        trt = import_tensorrt()
+        try:
+            trt = import_tensorrt()
+        except TransPruneError as exc:
+            raise TransPruneError(f"the tensorrt backend runs engines built by transprune-build on a machine with "
+                                  f"TensorRT and an NVIDIA GPU: {exc}; here, use --backend onnxruntime") from None
         self.engine_set = load_engine_set(build, engines, platform=running_platform(), verify=verify)
         self.limits = self.engine_set.plan["limits"]
         self.device = _Device()
@@ -198,7 +202,8 @@ class TrtBackend(Backend):
         return graph, list(host.values())
 
     def _execute(self, graph: "_Graph", bound: dict[str, tuple[int, tuple]], keep_alive: list) -> dict:
-        """Binds outputs not in ``bound`` to reusable buffers, runs, downloads them."""
+        """Binds outputs not in ``bound`` to reusable buffers, runs, downloads them. ``keep_alive``
+        holds the host arrays the stream reads from until it is synchronized."""
         context, results = graph.context, {}
         for n in graph.outputs:
             if n in bound:
@@ -212,7 +217,6 @@ class TrtBackend(Backend):
         for n, array in results.items():
             self.device.download(array, graph.buffers[n].ptr)
         self.device.synchronize()
-        del keep_alive
         return results
 
     def run(self, graph: str, feeds: dict) -> dict:

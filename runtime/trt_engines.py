@@ -140,9 +140,14 @@ def load_engine_set(build: Build, engine_dir: Path | None, *, platform: Platform
         if not engine_path.is_file() or not meta_path.is_file():
             raise EngineMismatch(f"{directory}: {engine_path.name} or its metadata is missing (a plan-only build, or "
                                  f"build_engines.sh did not finish); build the engines on the target")
-        meta = json.loads(meta_path.read_text())
         entry = next(g for g in build.manifest["graphs"] if g["name"] == graph.name)
-        check_metadata(meta, platform=platform, onnx_sha256=entry["sha256"][entry["file"]], where=str(engine_path))
+        try:
+            meta = json.loads(meta_path.read_text())
+            check_metadata(meta, platform=platform, onnx_sha256=entry["sha256"][entry["file"]],
+                           where=str(engine_path))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EngineMismatch(f"{meta_path}: malformed engine metadata ({type(exc).__name__}: {exc}); rebuild "
+                                 f"the engines with transprune-build") from None
         if verify and sha256(engine_path) != meta["engine_sha256"]:
             raise EngineMismatch(f"{engine_path}: the file differs from the one its metadata describes (changed "
                                  f"or truncated); rebuild it with transprune-build")

@@ -125,3 +125,13 @@ def test_record_writes_metadata_after_a_trtexec_build_and_needs_tensorrt(engines
     with pytest.raises(TransPruneError, match="embed.engine: TensorRT 10.3.0.30 cannot load this engine"):
         record(directory, built_with="trtexec", platform=ORIN)
     shutil.rmtree(directory)
+
+
+def test_malformed_metadata_is_refused_not_a_crash(engines):
+    build, directory, _ = engines
+    (directory / "scorer_0.engine.json").write_text("{not json")
+    with pytest.raises(EngineMismatch, match="scorer_0.engine.json: malformed engine metadata .*rebuild"):
+        load_engine_set(build, directory, platform=ORIN)
+    (directory / "scorer_0.engine.json").write_text(json.dumps({"schema": 1}))
+    with pytest.raises(EngineMismatch, match="malformed engine metadata \\(KeyError: 'tensorrt_version'\\)"):
+        load_engine_set(build, directory, platform=ORIN)
