@@ -164,7 +164,8 @@ class ScorerGraph(nn.Module):
     hidden [B, S, D], position_ids [B, S], attention_mask [B, S], image_start [B],
     alive [B, N] (original indices), keep (0-d int64), and with TTV: ttv_sum [B, N], ttv [B, S]
     -> hidden [B, S', D], position_ids [B, S'], attention_mask [B, S'], kept [B, K] (original
-       indices, ascending), score [B, N], and with TTV: ttv_sum [B, K]   (S' = S - N + K)
+       indices, ascending), score [B, N], and with TTV: ttv_sum [B, K]   (S' = S - N + K),
+       then the score's normalised parts: ttv_score [B, N] (with TTV), iga_score [B, N] (with IGA)
     IGA uses layer p+1's input norm and q/k projections (weights passed in for that layer only).
     """
 
@@ -218,7 +219,7 @@ class ScorerGraph(nn.Module):
                    torch.gather(alive, 1, kept_local), score)
         if self.uses_ttv:
             outputs += (torch.gather(ttv_sum, 1, kept_local),)
-        return outputs
+        return outputs + tuple(part for part in (ttv_norm, iga_norm) if part is not None)
 
 
 class HeadGraph(nn.Module):

@@ -32,6 +32,8 @@ class StageResult:
     scored: np.ndarray  # [B, N] original image-token indices of the tokens scored (ascending)
     score: np.ndarray  # [B, N] their combined score
     kept: np.ndarray  # [B, keep] original image-token indices kept, ascending
+    ttv: np.ndarray | None = None  # [B, N] the score's normalised TTV part (builds exported with it)
+    iga: np.ndarray | None = None  # [B, N] the score's normalised IGA part
 
 
 @dataclass
@@ -119,7 +121,8 @@ class Chain:
                 feeds["ttv_sum"] = ttv_sum
                 feeds["ttv"] = out.get("ttv", np.zeros(hidden.shape[:2], dtype=np.float32))
             result = self._timed(scorer.name, run, scorer.name, feeds)
-            stages.append(StageResult(scorer.after_layer, scorer.keep, alive, result["score"], result["kept"]))
+            stages.append(StageResult(scorer.after_layer, scorer.keep, alive, result["score"], result["kept"],
+                                      result.get("ttv_score"), result.get("iga_score")))
             hidden, positions, mask = result["hidden_out"], result["position_ids_out"], result["attention_mask_out"]
             alive = result["kept"]
             ttv_sum = result.get("ttv_sum_out", ttv_sum)

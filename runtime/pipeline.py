@@ -48,6 +48,7 @@ class Pipeline:
         self.prompts = PromptEncoder(build)
         self.image_preprocess = ImagePreprocess.from_dict(build.manifest["image_preprocess"])
         self.max_total_tokens = int(build.limits["max_total_tokens"])
+        self.last_stages: list = []  # the last generation's StageResults (scores per prune stage), for explain
 
     @classmethod
     def from_dir(cls, build_dir: str | Path, *, backend: str = "onnxruntime", verify: bool = True,
@@ -126,6 +127,7 @@ class Pipeline:
         if text_pieces:
             for sample, stream in enumerate(streams):
                 yield sample, stream.flush()
+        self.last_stages = chain.stages
         timings = {"preprocess": round((preprocessed - started) * 1e3, 3),
                    "tokenize": round((tokenized - preprocessed) * 1e3, 3), **chain.timings.to_dict()}
         results = []
