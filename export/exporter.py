@@ -65,6 +65,9 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
         raise TransPruneError(f"{out} is a non-empty directory that is not a transprune build; refusing to "
                               f"replace it even with --force (choose another --out)")
     checkpoint, preset = resolve_checkpoint(model, cache_dir=cache_dir)
+    if preset.architecture != "llava":
+        raise TransPruneError(f"{model} is a LLaVA-NeXT model; exporting LLaVA-NeXT (anyres images, a variable "
+                              f"number of image tokens) is not supported yet: export a LLaVA-1.5 model")
     config = transformers.LlavaConfig.from_pretrained(checkpoint, local_files_only=True)
     facts = model_facts(config)
     schedule.check_model(num_layers=facts.num_layers, n_image=facts.n_image)

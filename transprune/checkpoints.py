@@ -210,7 +210,7 @@ def load_llava(
 ) -> LoadedModel:
     """Resolve ``model`` (see ``resolve_checkpoint``) and load model and processor from its directory."""
     from safetensors import SafetensorError
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
     from .synthetic import quiet_progress_bars
 
@@ -218,7 +218,9 @@ def load_llava(
     torch_dtype = _torch_dtype(dtype)
     try:
         with quiet_progress_bars():
-            llava, info = LlavaForConditionalGeneration.from_pretrained(
+            model_class = LlavaNextForConditionalGeneration if preset.architecture == "llava-next" else \
+                LlavaForConditionalGeneration
+            llava, info = model_class.from_pretrained(
                 path,
                 dtype=torch_dtype,
                 local_files_only=True,

@@ -90,6 +90,16 @@ PRESETS: dict[str, ModelPreset] = {
                           num_heads=2, intermediate_size=64),
         n_image_tokens=576,
     ),
+    # LLaVA-NeXT tests: tiny's widths with NeXT's anyres geometry (336 px tiles on LLaVA-NeXT-7B's
+    # grid pinpoints, so 1..5 tiles and up to 2928 image tokens per image) and room for them.
+    "tiny-next": ModelPreset(
+        name="tiny-next", architecture="llava-next", synthetic=True, seed=2468,
+        text=TextSpec(hidden_size=64, num_layers=14, num_heads=4, num_kv_heads=2,
+                      intermediate_size=128, vocab_size=1024, max_position_embeddings=4096),
+        vision=VisionSpec(image_size=336, patch_size=14, hidden_size=32, num_layers=2,
+                          num_heads=2, intermediate_size=64),
+        n_image_tokens=2880,
+    ),
     # CPU benchmarks only (never CI): LLaVA-1.5 geometry, 32 layers, scaled-down widths.
     "bench": ModelPreset(
         name="bench", architecture="llava", synthetic=True, seed=4321,
@@ -100,6 +110,11 @@ PRESETS: dict[str, ModelPreset] = {
         n_image_tokens=576,
     ),
 }
+
+
+# LLaVA-NeXT's anyres resolutions (height, width) for 336 px tiles: llava-v1.6-vicuna-7b's
+# image_grid_pinpoints. An image is resized onto the best fitting one and cut into tiles.
+NEXT_GRID_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
 
 
 def model_preset(name: str) -> ModelPreset:

@@ -113,6 +113,9 @@ class TransPruneReference:
     """Prefill with progressive pruning and decoding over per-segment KV caches."""
 
     def __init__(self, model, schedule: Schedule) -> None:
+        if getattr(model.config, "model_type", "llava") != "llava":
+            raise TransPruneError(f"the reference runs LlavaForConditionalGeneration (LLaVA-1.5); "
+                                  f"{type(model).__name__} is not supported yet")
         self.model = model
         self.config = model.config
         self.lm = model.model.language_model

@@ -250,6 +250,22 @@ def _llava_config(preset: ModelPreset, *, text_init: float, vision_init: float):
         projection_dim=v.hidden_size,
         initializer_range=vision_init,
     )
+    if preset.architecture == "llava-next":
+        from transformers import LlavaNextConfig
+
+        from .presets import NEXT_GRID_PINPOINTS
+
+        return LlavaNextConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=ids[IMAGE],
+            image_seq_length=v.n_patches,
+            projector_hidden_act="gelu",
+            vision_feature_select_strategy="default",
+            vision_feature_layer=v.feature_layer,
+            image_grid_pinpoints=[list(p) for p in NEXT_GRID_PINPOINTS],
+            tie_word_embeddings=False,
+        )
     return LlavaConfig(
         vision_config=vision,
         text_config=text,
@@ -270,6 +286,8 @@ def _processor(tokenizer, preset: ModelPreset):
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
     size = preset.vision.image_size
+    if preset.architecture == "llava-next":
+        return _next_processor(tokenizer, preset)
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
@@ -290,14 +308,47 @@ def _processor(tokenizer, preset: ModelPreset):
     )
 
 
+def _next_processor(tokenizer, preset: ModelPreset):
+    """LLaVA-NeXT's processor: the anyres image processor (PIL backend) on the 7B's pinpoints."""
+    from transformers import LlavaNextProcessor
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from .presets import NEXT_GRID_PINPOINTS
+
+    size = preset.vision.image_size
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_grid_pinpoints=[list(p) for p in NEXT_GRID_PINPOINTS],
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=True,
+        do_pad=True,
+        do_normalize=True,
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=preset.vision.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token=IMAGE,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
 def _random_model(preset: ModelPreset, *, text_init: float, vision_init: float):
     """The seeded random-weight model (fp32, eval mode)."""
     import torch
-    from transformers import LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
     config = _llava_config(preset, text_init=text_init, vision_init=vision_init)
     torch.manual_seed(preset.seed)
-    model = LlavaForConditionalGeneration(config).to(torch.float32)
+    model_class = LlavaNextForConditionalGeneration if preset.architecture == "llava-next" else \
+        LlavaForConditionalGeneration
+    model = model_class(config).to(torch.float32)
     return model.eval()
 
 

@@ -208,3 +208,31 @@ def test_refuses_real_presets(tmp_path):
         ensure_synthetic_checkpoint("llava-1.5-7b", cache_dir=tmp_path)
     with pytest.raises(TransPruneError, match="unknown model preset"):
         ensure_synthetic_checkpoint("nope", cache_dir=tmp_path)
+
+
+def test_tiny_next_is_a_llava_next_checkpoint_with_anyres_token_counts(transprune_cache):
+    """tiny-next loads through the one loading path as LlavaNextForConditionalGeneration; its
+    processor gives each aspect ratio its own image-token count, and the model generates with them.
+    Export and the reference refuse it clearly until LLaVA-NeXT support lands."""
+    from transprune.checkpoints import load_llava
+    from transprune.export.exporter import export_model
+    from transprune.reference import TransPruneReference
+    from transprune.schedule import preset
+
+    loaded = load_llava("tiny-next", cache_dir=transprune_cache)
+    assert type(loaded.model).__name__ == "LlavaNextForConditionalGeneration"
+    assert loaded.model.config.image_grid_pinpoints == [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    prompt = loaded.processor.apply_chat_template([_user("What is this?")], add_generation_prompt=True)
+    counts = {}
+    for width, height in ((480, 360), (300, 900), (336, 336), (1000, 120)):
+        inputs = loaded.processor(images=sample_image(width=width, height=height), text=prompt, return_tensors="pt")
+        counts[(width, height)] = int((inputs["input_ids"] == IMAGE_ID).sum())
+        with torch.no_grad():
+            out = loaded.model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        assert out.shape[1] == inputs["input_ids"].shape[1] + 2
+    assert len(set(counts.values())) > 1 and all(576 < n < 3840 for n in counts.values()), counts
+    with pytest.raises(TransPruneError, match="LLaVA-NeXT is not supported yet|not supported yet"):
+        TransPruneReference(loaded.model, preset("paper"))
+    with pytest.raises(TransPruneError, match="exporting LLaVA-NeXT .* is not supported yet"):
+        export_model(model="tiny-next", out=transprune_cache / "next-build", schedule=preset("paper"),
+                     cache_dir=transprune_cache)
