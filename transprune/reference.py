@@ -113,37 +113,50 @@ class TransPruneReference:
     """Prefill with progressive pruning and decoding over per-segment KV caches."""
 
     def __init__(self, model, schedule: Schedule) -> None:
-        if getattr(model.config, "model_type", "llava") != "llava":
-            raise TransPruneError(f"the reference runs LlavaForConditionalGeneration (LLaVA-1.5); "
-                                  f"{type(model).__name__} is not supported yet")
+        model_type = getattr(model.config, "model_type", "llava")
+        if model_type not in ("llava", "llava_next"):
+            raise TransPruneError(f"the reference runs LLaVA-1.5 and LLaVA-NeXT models, not {type(model).__name__}")
+        # LLaVA-NeXT: the image-token count depends on each image's size (anyres tiles), so it and
+        # the keep counts are set per prefill from the prompt (n_image / keep_counts below are
+        # those of the last prefill); LLaVA-1.5 always has one grid of patches.
+        self.anyres = model_type == "llava_next"
         self.model = model
         self.config = model.config
         self.lm = model.model.language_model
         self.num_layers = self.config.text_config.num_hidden_layers
         vision = self.config.vision_config
-        self.n_image = (vision.image_size // vision.patch_size) ** 2
-        schedule.check_model(num_layers=self.num_layers, n_image=self.n_image)
         self.schedule = schedule
         self.segments = schedule.segments(self.num_layers)
-        self.keep_counts = schedule.keep_counts(self.n_image)
         self.accumulate = set(schedule.accumulate)
+        self._set_image_tokens((vision.image_size // vision.patch_size) ** 2)
+
+    def _set_image_tokens(self, n_image: int) -> None:
+        self.schedule.check_model(num_layers=self.num_layers, n_image=n_image)
+        self.n_image = n_image
+        self.keep_counts = self.schedule.keep_counts(n_image)
 
     # -- building blocks ----------------------------------------------------------------------
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, image_sizes=None) -> torch.Tensor:
         """Token embeddings with the projected image features written into the image slots."""
         embeds = self.lm.embed_tokens(input_ids)
-        features = self.image_features(pixel_values).to(embeds.dtype)
+        features = self.image_features(pixel_values, image_sizes).to(embeds.dtype)
         slots = (input_ids == self.config.image_token_id)[..., None]
         return embeds.masked_scatter(slots, features)
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [B, 3, H, W] -> projected image features [B, N, D] (transformers' own path)."""
+    def image_features(self, pixel_values: torch.Tensor, image_sizes=None) -> torch.Tensor:
+        """pixel_values [B, 3, H, W] (NeXT: [B, tiles, 3, H, W] with ``image_sizes``) -> projected image
+        features [B, N, D], through transformers' own path (NeXT: tiles unpadded, newlines added)."""
+        extra = {"image_sizes": image_sizes} if self.anyres else {}
+        if self.anyres and image_sizes is None:
+            raise TransPruneError("a LLaVA-NeXT model needs image_sizes with its pixel_values")
         features = self.model.model.get_image_features(
             pixel_values=pixel_values.to(self.lm.embed_tokens.weight.dtype),
             vision_feature_layer=self.config.vision_feature_layer,
-            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+            vision_feature_select_strategy=self.config.vision_feature_select_strategy, **extra,
         ).pooler_output
-        return torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+        if isinstance(features, (list, tuple)):  # one [N, D] per image (equal counts were checked for NeXT)
+            return torch.stack(list(features))
+        return features.reshape(pixel_values.shape[0], -1, features.shape[-1])
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, S, D] -> logits [B, V] of the last position (final norm + lm_head)."""
@@ -202,9 +215,15 @@ class TransPruneReference:
 
     # -- prefill and decode --------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, input_ids, attention_mask, pixel_values) -> PrefillOutput:
+    def prefill(self, input_ids, attention_mask, pixel_values, image_sizes=None) -> PrefillOutput:
         batch = input_ids.shape[0]
-        hidden = self.embed(input_ids, pixel_values)
+        if self.anyres:
+            counts = (input_ids == self.config.image_token_id).sum(-1).unique()
+            if len(counts) != 1:
+                raise TransPruneError(f"LLaVA-NeXT images of this batch have {sorted(counts.tolist())} image tokens; "
+                                      f"a batch needs images with equal counts (run them one at a time)")
+            self._set_image_tokens(int(counts[0]))
+        hidden = self.embed(input_ids, pixel_values, image_sizes)
         image_start = locate_image_span(input_ids, self.config.image_token_id, self.n_image)
         key_mask = attention_mask.long()
         cache = SegmentKVCache(self.num_layers)
@@ -259,9 +278,10 @@ class TransPruneReference:
         sampler: Sampler | None = None,
         eos_token_id: int | None = None,
         on_tokens: Callable[[list[int]], None] | None = None,
+        image_sizes=None,
     ) -> GenerationOutput:
         """Prefill, then decode until every sample hit EOS or max_new_tokens."""
-        out = self.prefill(input_ids, attention_mask, pixel_values)
+        out = self.prefill(input_ids, attention_mask, pixel_values, image_sizes)
         tokens, step_logits = decode_loop(
             out.logits, lambda picked: self.decode_step(out.state, torch.from_numpy(picked)),
             batch=input_ids.shape[0], max_new_tokens=max_new_tokens, sampler=sampler,
