@@ -128,7 +128,9 @@ def compare_engines(plan: dict, build: Build, engine_dir: Path, *, atol: float =
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.comparator import Comparator, CompareFunc
 
-    feeds = record_chain_feeds(build)
+    # the recorded generation must fit the engines: a prompt of the sample's length and at most
+    # the answer length they were built for
+    feeds = record_chain_feeds(build, decode_steps=max(0, min(DECODE_STEPS, plan["limits"]["max_new_tokens"] - 1)))
     results: dict[str, dict] = {}
     for engine in plan["engines"]:
         graph = engine["graph"]
