@@ -165,7 +165,7 @@ class ScorerGraph(nn.Module):
     alive [B, N] (original indices), keep (0-d int64), and with TTV: ttv_sum [B, N], ttv [B, S]
     -> hidden [B, S', D], position_ids [B, S'], attention_mask [B, S'], kept [B, K] (original
        indices, ascending), score [B, N], and with TTV: ttv_sum [B, K]   (S' = S - N + K),
-       then the score's normalised parts: ttv_score [B, N] (with TTV), iga_score [B, N] (with IGA)
+       then, with both criteria, the score's normalised parts: ttv_score [B, N], iga_score [B, N]
     IGA uses layer p+1's input norm and q/k projections (weights passed in for that layer only).
     """
 
@@ -219,7 +219,9 @@ class ScorerGraph(nn.Module):
                    torch.gather(alive, 1, kept_local), score)
         if self.uses_ttv:
             outputs += (torch.gather(ttv_sum, 1, kept_local),)
-        return outputs + tuple(part for part in (ttv_norm, iga_norm) if part is not None)
+        if self.uses_ttv and self.uses_iga:
+            outputs += (ttv_norm, iga_norm)
+        return outputs
 
 
 class HeadGraph(nn.Module):

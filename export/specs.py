@@ -111,11 +111,12 @@ def graph_specs(facts: ModelFacts, schedule: Schedule) -> list[GraphSpec]:
             inputs += [TensorSpec("ttv_sum", "float32", ("batch", "alive")),
                        TensorSpec("ttv", "float32", ("batch", "seq"))]
             outputs.append(TensorSpec("ttv_sum_out", "float32", ("batch", "keep")))
-        # the two normalised parts of the score, for explanations (transprune-explain)
-        if schedule.uses_ttv:
-            outputs.append(TensorSpec("ttv_score", "float32", ("batch", "alive")))
-        if schedule.uses_iga:
-            outputs.append(TensorSpec("iga_score", "float32", ("batch", "alive")))
+        # the two normalised parts of the score, for explanations (transprune-explain); with one
+        # criterion the score is that part itself (and a second output of the same tensor would
+        # come out of the exporter under another name)
+        if schedule.uses_ttv and schedule.uses_iga:
+            outputs += [TensorSpec("ttv_score", "float32", ("batch", "alive")),
+                        TensorSpec("iga_score", "float32", ("batch", "alive"))]
         specs.append(GraphSpec(f"scorer_{index}", "scorer", tuple(inputs), tuple(outputs),
                                attrs={"after_layer": last, "keep": keep_counts[index],
                                       "uses_ttv": schedule.uses_ttv, "uses_iga": schedule.uses_iga,

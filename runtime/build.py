@@ -60,6 +60,7 @@ class ScorerInfo:
     after_layer: int
     keep: int
     uses_ttv: bool
+    uses_iga: bool
 
     @property
     def name(self) -> str:
@@ -124,7 +125,7 @@ class Build:
                     raise ManifestError(f"{directory}: scorer {graph.name!r} runs after layer "
                                         f"{graph.attrs['after_layer']}, which ends no segment; re-export the build")
                 scorers[after] = ScorerInfo(graph, after, int(graph.attrs["after_layer"]), int(graph.attrs["keep"]),
-                                            bool(graph.attrs["uses_ttv"]))
+                                            bool(graph.attrs["uses_ttv"]), bool(graph.attrs["uses_iga"]))
         if len(scorers) != len(segments) - 1:
             raise ManifestError(f"{directory}: {len(segments)} segments need {len(segments) - 1} scorers between "
                                 f"them, the manifest has {len(scorers)}; re-export the build")

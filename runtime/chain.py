@@ -67,6 +67,14 @@ class ChainOutput:
     timings: Timings = field(default_factory=Timings)
 
 
+def _score_parts(scorer, result: dict) -> tuple:
+    """(TTV part, IGA part) of a scorer's score: its own outputs with both criteria, the score
+    itself with one, None for builds exported before scorers output them."""
+    if scorer.uses_ttv and scorer.uses_iga:
+        return result.get("ttv_score"), result.get("iga_score")
+    return (result["score"], None) if scorer.uses_ttv else (None, result["score"])
+
+
 class Chain:
     """Runs ``build``'s graphs in order on ``backend``."""
 
@@ -122,7 +130,7 @@ class Chain:
                 feeds["ttv"] = out.get("ttv", np.zeros(hidden.shape[:2], dtype=np.float32))
             result = self._timed(scorer.name, run, scorer.name, feeds)
             stages.append(StageResult(scorer.after_layer, scorer.keep, alive, result["score"], result["kept"],
-                                      result.get("ttv_score"), result.get("iga_score")))
+                                      *_score_parts(scorer, result)))
             hidden, positions, mask = result["hidden_out"], result["position_ids_out"], result["attention_mask_out"]
             alive = result["kept"]
             ttv_sum = result.get("ttv_sum_out", ttv_sum)

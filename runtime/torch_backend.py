@@ -111,9 +111,8 @@ class TorchGraphs:
                "attention_mask_out": key_mask, "kept": record.kept, "score": record.score}
         if scorer.uses_ttv:
             out["ttv_sum_out"] = ttv_sum
-            out["ttv_score"] = record.ttv
-        if record.iga is not None:
-            out["iga_score"] = record.iga
+        if record.ttv is not None and record.iga is not None:
+            out["ttv_score"], out["iga_score"] = record.ttv, record.iga
         return out
 
     def head(self, graph, t):

@@ -33,6 +33,17 @@ def test_ttv_only_chain_matches_the_reference(builds):
     assert [g["attrs"]["uses_iga"] for g in scorers] == [False] * 3
     # without IGA a scorer holds no weights at all
     assert all(g["bytes"] < 100_000 for g in scorers)
+    # with one criterion the score is its own (normalised) part: no separate part outputs, and
+    # explanations read the TTV part from the score
+    assert all({"ttv_score", "iga_score"}.isdisjoint(o["name"] for o in g["outputs"]) for g in scorers)
+    from transprune.runtime.explain import explain
+    from transprune.runtime.pipeline import Pipeline
+    from transprune.sample_image import sample_image
+
+    with Pipeline.from_dir(builds("ttv-only")[0]) as pipeline:
+        stages = explain(pipeline, sample_image(), "What is it?", max_new_tokens=1).stages
+    assert all(s.ttv == s.score and s.iga is None for s in stages)
+    assert all(abs(sum(s.ttv) - 1) < 1e-4 for s in stages)
 
 
 def test_schedule_none_equals_unpruned_transformers(builds, tiny_model):
