@@ -131,30 +131,33 @@ def stale_reason(out: Path, schedule, checkpoint: Path) -> str | None:
 
 def ensure_builds(args, checkpoint: Path) -> dict:
     """Exports what is missing or stale; -> {kind: {path, reused, export_s}}."""
-    from transprune.cli.export import ProgressBar
     from transprune.schedule import preset
 
-    builds = {}
-    for kind in RUNTIME_KINDS:
-        schedule = preset(SCHEDULES[kind])
-        out = build_dir(args.exports, args.model, kind)
-        reason = "--reexport" if args.reexport else stale_reason(out, schedule, checkpoint)
-        if reason is None:
-            log(f"reusing {out} (schedule {schedule.name})")
-            builds[kind] = {"path": str(out), "reused": True, "export_s": None}
-            continue
-        from transprune.export.exporter import export_model
+    return {kind: ensure_build(model=args.model, out=build_dir(args.exports, args.model, kind),
+                               schedule=preset(SCHEDULES[kind]), checkpoint=checkpoint, reexport=args.reexport)
+            for kind in RUNTIME_KINDS}
 
-        log(f"exporting {args.model} with schedule {schedule.name} into {out} ({reason})")
-        bar = ProgressBar()
-        try:
-            export_model(model=args.model, out=out, schedule=schedule, dtype="fp32", validate=False,
-                         force=out.exists(), progress=lambda step, steps, label: bar(step, steps, f"{out.name}: {label}"))
-        finally:
-            bar.finish()
-        log(f"exported {out} in {bar.elapsed():.0f} s")
-        builds[kind] = {"path": str(out), "reused": False, "export_s": round(bar.elapsed(), 1)}
-    return builds
+
+def ensure_build(*, model: str, out: Path, schedule, checkpoint: Path, reexport: bool = False) -> dict:
+    """Reuses the fp32 build in ``out`` when its schedule and checkpoint match, else exports it there
+    (without validation). -> {path, reused, export_s}. Shared with scripts/report.py."""
+    from transprune.cli.export import ProgressBar
+
+    reason = "--reexport" if reexport else stale_reason(out, schedule, checkpoint)
+    if reason is None:
+        log(f"reusing {out} (schedule {schedule.name})")
+        return {"path": str(out), "reused": True, "export_s": None}
+    from transprune.export.exporter import export_model
+
+    log(f"exporting {model} with schedule {schedule.name} into {out} ({reason})")
+    bar = ProgressBar()
+    try:
+        export_model(model=model, out=out, schedule=schedule, dtype="fp32", validate=False,
+                     force=out.exists(), progress=lambda step, steps, label: bar(step, steps, f"{out.name}: {label}"))
+    finally:
+        bar.finish()
+    log(f"exported {out} in {bar.elapsed():.0f} s")
+    return {"path": str(out), "reused": False, "export_s": round(bar.elapsed(), 1)}
 
 
 # -- the three engines -----------------------------------------------------------------------------
@@ -162,11 +165,11 @@ def ensure_builds(args, checkpoint: Path) -> dict:
 class RuntimeEngine:
     """The torch-free runtime on one build, EOS ignored."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, *, verify: bool = True) -> None:
         from transprune.runtime.pipeline import Pipeline
 
         started = time.perf_counter()
-        self.pipeline = Pipeline.from_dir(path, backend="onnxruntime", threads=threads)
+        self.pipeline = Pipeline.from_dir(path, backend="onnxruntime", verify=verify, threads=threads)
         self.load_s = time.perf_counter() - started
         self.pipeline.build.eos_token_id = None  # force the length: the bench model is random
 
