@@ -126,6 +126,19 @@ def stale_reason(out: Path, schedule, checkpoint: Path) -> str | None:
         return f"it was exported from {exported_from}, not {checkpoint}"
     if manifest.get("dtype") != "fp32":
         return f"its dtype is {manifest.get('dtype')}, not fp32"
+    # an older exporter wrote other graphs (names, inputs, outputs): compare with today's specs
+    from transprune.export.specs import ModelFacts, graph_specs
+
+    try:
+        facts = ModelFacts(**manifest["model"]["facts"])
+        wanted = [(g.name, [t.name for t in g.inputs], [t.name for t in g.outputs])
+                  for g in graph_specs(facts, schedule)]
+        found = [(g["name"], [t["name"] for t in g["inputs"]], [t["name"] for t in g["outputs"]])
+                 for g in manifest["graphs"]]
+    except (KeyError, TypeError) as exc:
+        return f"its manifest lacks {exc}"
+    if found != wanted:
+        return "an older exporter wrote it (its graphs' inputs or outputs differ from today's)"
     return None
 
 
