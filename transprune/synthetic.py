@@ -282,53 +282,25 @@ def _llava_config(preset: ModelPreset, *, text_init: float, vision_init: float):
 
 
 def _processor(tokenizer, preset: ModelPreset):
-    from transformers import CLIPImageProcessorPil, LlavaProcessor
-    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
-
-    size = preset.vision.image_size
-    if preset.architecture == "llava-next":
-        return _next_processor(tokenizer, preset)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        resample=PILImageResampling.BICUBIC,
-        do_center_crop=True,
-        do_normalize=True,
-        image_mean=list(OPENAI_CLIP_MEAN),
-        image_std=list(OPENAI_CLIP_STD),
-    )
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=preset.vision.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        image_token=IMAGE,
-        chat_template=CHAT_TEMPLATE,
-    )
-
-
-def _next_processor(tokenizer, preset: ModelPreset):
-    """LLaVA-NeXT's processor: the anyres image processor (PIL backend) on the 7B's pinpoints."""
-    from transformers import LlavaNextProcessor
+    """The checkpoint's processor: CLIP's image processor for LLaVA-1.5, the anyres one (PIL
+    backend, on LLaVA-NeXT-7B's pinpoints) for LLaVA-NeXT; the same tokenizer and chat template."""
+    from transformers import CLIPImageProcessorPil, LlavaNextProcessor, LlavaProcessor
     from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     from .presets import NEXT_GRID_PINPOINTS
 
     size = preset.vision.image_size
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_grid_pinpoints=[list(p) for p in NEXT_GRID_PINPOINTS],
-        resample=PILImageResampling.BICUBIC,
-        do_center_crop=True,
-        do_pad=True,
-        do_normalize=True,
-        image_mean=list(OPENAI_CLIP_MEAN),
-        image_std=list(OPENAI_CLIP_STD),
-    )
-    return LlavaNextProcessor(
+    image_settings = dict(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                          resample=PILImageResampling.BICUBIC, do_center_crop=True, do_normalize=True,
+                          image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD))
+    if preset.architecture == "llava-next":
+        image_processor = LlavaNextImageProcessorPil(
+            image_grid_pinpoints=[list(p) for p in NEXT_GRID_PINPOINTS], do_pad=True, **image_settings)
+        processor_class = LlavaNextProcessor
+    else:
+        image_processor, processor_class = CLIPImageProcessorPil(**image_settings), LlavaProcessor
+    return processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=preset.vision.patch_size,
