@@ -133,3 +133,21 @@ def test_prints_a_markdown_table(report):
     for row in ("| prefill (ms) |", "| decode (ms/token) |", "| time to first token (ms) |",
                 f"| total, {NEW_TOKENS} new tokens (ms) |", "| peak RSS (MiB) |"):
         assert any(line.startswith(row) for line in lines), row
+
+
+def test_a_build_from_an_older_exporter_is_not_reused(paper_build, tmp_path):
+    """Reuse needs the same schedule, checkpoint and dtype, and today's graph inputs and outputs: a
+    build whose scorers lack an output the exporter now writes is exported afresh."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_runtime
+
+    build, manifest = paper_build
+    checkpoint = Path(manifest["model"]["checkpoint"])
+    assert bench_runtime.stale_reason(build, preset("paper"), checkpoint) is None
+    assert "schedule" in bench_runtime.stale_reason(build, preset("ttv-only"), checkpoint)
+    older = shutil.copytree(build, tmp_path / "older")
+    data = json.loads((older / "manifest.json").read_text())
+    for graph in data["graphs"]:
+        graph["outputs"] = [t for t in graph["outputs"] if t["name"] not in ("ttv_score", "iga_score")]
+    (older / "manifest.json").write_text(json.dumps(data))
+    assert "an older exporter wrote it" in bench_runtime.stale_reason(older, preset("paper"), checkpoint)
