@@ -97,9 +97,7 @@ class RecordingBackend(Backend):
         info = self.build.graphs[graph]
         names = {t.name for t in info.inputs}
         kept = {k: np.array(v, copy=True) for k, v in feeds.items() if k in names}
-        first = info.inputs[0].name
-        phase = "decode" if info.kind in ("embed", "segment", "head") and kept[first].shape[1] == 1 else "prefill"
-        self.feeds[(graph, phase)].append(kept)
+        self.feeds[(graph, info.call_phase(kept))].append(kept)
         return self.inner.run(graph, feeds)
 
 

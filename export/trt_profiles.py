@@ -144,15 +144,10 @@ def _segment(build: Build, graph: GraphInfo):
     return next(s for s in build.segments if s.name == graph.name)
 
 
-def graph_phases(graph: GraphInfo) -> tuple[str, ...]:
-    """The phases a graph runs in: the vision tower, the input assembly and the scorers only in prefill."""
-    return (PREFILL, DECODE) if graph.kind in ("embed", "segment", "head") else (PREFILL,)
-
-
 def graph_profiles(build: Build, graph: GraphInfo, limits: ShapeLimits) -> list[Profile]:
-    """One profile per phase the graph runs in, in ``graph_phases`` order."""
+    """One profile per phase the graph runs in, in ``GraphInfo.phases`` order."""
     profiles = []
-    for phase in graph_phases(graph):
+    for phase in graph.phases:
         axes = _axis_ranges(build, graph, phase, limits)
         inputs = []
         for tensor in graph.inputs:

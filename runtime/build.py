@@ -26,6 +26,10 @@ class TensorInfo:
     axes: tuple  # ints (fixed) and names (dynamic)
 
 
+# graphs that run once per decoded token as well as in prefill (the others run in prefill only)
+PER_TOKEN_KINDS = ("embed", "segment", "head")
+
+
 @dataclass(frozen=True)
 class GraphInfo:
     name: str
@@ -35,6 +39,16 @@ class GraphInfo:
     outputs: tuple[TensorInfo, ...]
     attrs: dict
     layers: tuple[int, int] | None  # a segment's decoder layers, 1-based and inclusive
+
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The phases the graph runs in: prefill, and decode for the per-token graphs."""
+        return ("prefill", "decode") if self.kind in PER_TOKEN_KINDS else ("prefill",)
+
+    def call_phase(self, feeds: dict) -> str:
+        """``decode`` for a one-token call of a per-token graph, else ``prefill``."""
+        first = self.inputs[0].name
+        return "decode" if self.kind in PER_TOKEN_KINDS and np.shape(feeds[first])[1] == 1 else "prefill"
 
 
 @dataclass(frozen=True)
@@ -81,11 +95,14 @@ class Build:
     pad_token_id: int | None
     image_size: int
     limits: dict
+    verified: bool = True  # whether file checksums are checked (backends apply it to their own files)
 
     @classmethod
     def open(cls, directory: Path, *, verify: bool = True) -> "Build":
         directory = Path(directory)
-        return cls.from_manifest(directory, load_manifest(directory, verify=verify))
+        build = cls.from_manifest(directory, load_manifest(directory, verify=verify))
+        build.verified = verify
+        return build
 
     @classmethod
     def from_manifest(cls, directory: Path, manifest: dict) -> "Build":

@@ -108,20 +108,15 @@ def stage_panel(explanation: Explanation, stage: StageScores) -> np.ndarray:
     image = explanation.image.astype(np.float64)
     size, grid = image.shape[0], explanation.grid
     patch = size // grid
-    tint = np.full((explanation.n_image, 3), np.nan)
-    colours = heat_colours(np.asarray(stage.score))
     kept = set(stage.kept)
-    for index, colour in zip(stage.scored, colours):
-        if index in kept:
-            tint[index] = colour
     # pruned patches: grey and dark, so that no heat colour is mistaken for one
     out = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2) * DIM
-    for index in range(explanation.n_image):
-        if np.isnan(tint[index, 0]):
+    for index, colour in zip(stage.scored, heat_colours(np.asarray(stage.score))):
+        if index not in kept:
             continue
         row, col = divmod(index, grid)
         block = (slice(row * patch, (row + 1) * patch), slice(col * patch, (col + 1) * patch))
-        out[block] = image[block] * (1 - HEAT_ALPHA) + tint[index] * HEAT_ALPHA
+        out[block] = image[block] * (1 - HEAT_ALPHA) + colour * HEAT_ALPHA
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

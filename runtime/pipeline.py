@@ -57,8 +57,6 @@ class Pipeline:
         (onnxruntime, tensorrt or torch); ``backend_options`` go to the backend (threads, provider,
         checkpoint)."""
         build = Build.open(Path(build_dir), verify=verify)
-        if backend == "tensorrt":  # engine files are checksummed too (their metadata holds the sha256)
-            backend_options.setdefault("verify", verify)
         return cls(build, open_backend(backend, build, **backend_options))
 
     @property

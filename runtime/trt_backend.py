@@ -26,17 +26,6 @@ from .backend import Backend, KVCache
 from .build import Build, GraphInfo, SegmentInfo
 from .trt_engines import import_tensorrt, load_engine_set, running_platform
 
-PER_TOKEN_KINDS = ("embed", "segment", "head")
-
-
-def call_phase(graph: GraphInfo, feeds: dict) -> str:
-    """``decode`` for a one-token call of a graph that also runs per token, else ``prefill``."""
-    first = graph.inputs[0].name
-    if graph.kind in PER_TOKEN_KINDS and np.shape(feeds[first])[1] == 1:
-        return "decode"
-    return "prefill"
-
-
 def check_feed_shapes(graph: str, profile: dict, shapes: dict[str, tuple], values: dict[str, tuple],
                       limits: dict) -> None:
     """Raises a TransPruneError naming the input, the shape and the engine's range when a call does
@@ -141,8 +130,10 @@ class _Graph:
 class TrtBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, build: Build, *, engines=None, verify: bool = True, threads: int | None = None) -> None:
+    def __init__(self, build: Build, *, engines=None, verify: bool | None = None,
+                 threads: int | None = None) -> None:
         """``engines``: the engine directory (default: the one ``trt-*`` directory inside the build).
+        ``verify``: check the engine files' sha256 (default: as the build's files were).
         ``threads`` is accepted for a uniform CLI and ignored (TensorRT runs on the GPU)."""
         super().__init__(build)
         try:
@@ -150,6 +141,7 @@ class TrtBackend(Backend):
         except TransPruneError as exc:
             raise TransPruneError(f"the tensorrt backend runs engines built by transprune-build on a machine with "
                                   f"TensorRT and an NVIDIA GPU: {exc}; here, use --backend onnxruntime") from None
+        verify = build.verified if verify is None else verify
         self.engine_set = load_engine_set(build, engines, platform=running_platform(), verify=verify)
         self.limits = self.engine_set.plan["limits"]
         self.device = _Device()
@@ -174,7 +166,7 @@ class TrtBackend(Backend):
         ``bound`` tensors (device pointers with shapes: cache buffers); returns the graph and the
         host arrays that must stay alive until the stream is synchronized."""
         graph = self.graphs[name]
-        phase = call_phase(graph.info, feeds)
+        phase = graph.info.call_phase(feeds)
         if phase not in graph.profiles:
             raise TransPruneError(f"{name}: the engine has no {phase} profile; rebuild with transprune-build")
         profile = graph.meta["profiles"][graph.profiles[phase]]

@@ -20,7 +20,8 @@ IDS/MASK are int64 [B, S], left-padded, each row holding exactly one run of n_im
 image preprocessing are not shown here; the manifest describes both as plain data for hosts that
 do them: ``prompt`` (tokenizer.json, the chat template rendered as ``before`` + prompt + ``after``,
 the image slot token to expand to n_image ids) and ``image_preprocess`` (pad, resize, crop,
-rescale, mean/std), which ``transprune.runtime`` implements with numpy and Pillow. Decoding is greedy (argmax, lowest id on ties) for exactly --max-new-tokens steps.
+rescale, mean/std), which ``transprune.runtime`` implements with numpy and Pillow. Decoding is
+greedy (argmax, lowest id on ties) for exactly --max-new-tokens steps.
 RESULT.json: {"tokens": [[id, ...] per sample], "kept": [per prune stage: [[original image-token
 index, ...] ascending, per sample]], "max_abs_first_logit": float}.
 

@@ -53,8 +53,8 @@ def run(args) -> dict:
     for path in filter(None, (args.out, args.json)):
         if not path.parent.is_dir():
             raise TransPruneError(f"{path.parent} does not exist; create it or choose another path")
-    options = {"threads": args.threads} if args.backend != "tensorrt" else {}
-    with Pipeline.from_dir(args.build_dir, backend=args.backend, verify=not args.no_verify, **options) as pipeline:
+    with Pipeline.from_dir(args.build_dir, backend=args.backend, verify=not args.no_verify,
+                           threads=args.threads) as pipeline:
         explanation = explain(pipeline, args.image, args.prompt, max_new_tokens=args.max_new_tokens)
     if not explanation.stages:
         raise TransPruneError(f"{args.build_dir} prunes nothing (schedule 'none'): there is nothing to explain")
