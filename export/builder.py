@@ -69,12 +69,19 @@ def text_config_dict(config) -> dict:
 def model_facts(config) -> ModelFacts:
     text = text_config_dict(config)
     vision = config.vision_config
+    anyres = getattr(config, "model_type", "llava") == "llava_next"
+    strategy = getattr(config, "vision_feature_select_strategy", "default")
+    if strategy != "default":
+        raise TransPruneError(f"vision_feature_select_strategy {strategy!r} is not supported by the exporter yet; "
+                              f"LLaVA-1.5 and LLaVA-NeXT use 'default' (the CLS token dropped)")
+    tile_tokens = (vision.image_size // vision.patch_size) ** 2
     return ModelFacts(
         hidden_size=text["hidden_size"], num_layers=text["num_hidden_layers"],
         num_kv_heads=text["num_key_value_heads"], head_dim=text["head_dim"], vocab_size=text["vocab_size"],
-        image_size=vision.image_size, n_image=(vision.image_size // vision.patch_size) ** 2,
+        image_size=vision.image_size, n_image=None if anyres else tile_tokens,
         image_token_id=config.image_token_id,
         eos_token_id=_first_id(text.get("eos_token_id")), pad_token_id=_first_id(text.get("pad_token_id")),
+        anyres=anyres, tile_tokens=tile_tokens if anyres else None,
     )
 
 
@@ -90,9 +97,9 @@ def build_module(spec: GraphSpec, w: MetaWeights, config, schedule: Schedule):
     """
     text = text_config_dict(config)
     if spec.kind == "vision":
-        return graphs.VisionGraph(w, vision_config=config.vision_config.to_dict(),
-                                  feature_layer=config.vision_feature_layer,
-                                  projector_act=config.projector_hidden_act), None
+        vision = graphs.AnyresVisionGraph if spec.attrs.get("anyres") else graphs.VisionGraph
+        return vision(w, vision_config=config.vision_config.to_dict(), feature_layer=config.vision_feature_layer,
+                      projector_act=config.projector_hidden_act), None
     if spec.kind == "embed":
         return graphs.EmbedGraph(w), None
     if spec.kind == "prefill_inputs":

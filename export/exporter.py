@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import sys
@@ -65,13 +66,14 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
         raise TransPruneError(f"{out} is a non-empty directory that is not a transprune build; refusing to "
                               f"replace it even with --force (choose another --out)")
     checkpoint, preset = resolve_checkpoint(model, cache_dir=cache_dir)
-    if preset.architecture != "llava":
-        raise TransPruneError(f"{model} is a LLaVA-NeXT model; exporting LLaVA-NeXT (anyres images, a variable "
-                              f"number of image tokens) is not supported yet: export a LLaVA-1.5 model")
-    config = transformers.LlavaConfig.from_pretrained(checkpoint, local_files_only=True)
+    config_class = transformers.LlavaNextConfig if preset.architecture == "llava-next" else transformers.LlavaConfig
+    config = config_class.from_pretrained(checkpoint, local_files_only=True)
     facts = model_facts(config)
-    schedule.check_model(num_layers=facts.num_layers, n_image=facts.n_image)
-    limits = _limits(max_text_tokens, n_image=facts.n_image,
+    processor = load_processor(checkpoint)
+    image_tokens = _image_token_range(facts, processor)
+    # the fewest image tokens an image can give must still keep at least one token per prune
+    schedule.check_model(num_layers=facts.num_layers, n_image=image_tokens["min"])
+    limits = _limits(max_text_tokens, image_tokens=image_tokens,
                      max_positions=config.text_config.max_position_embeddings)
     specs = graph_specs(facts, schedule)
     checkpoint_weights = CheckpointWeights(checkpoint)
@@ -101,8 +103,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
                             "sha256": {name: sha256(staging / name) for name in files},
                             "bytes": sum((staging / name).stat().st_size for name in files),
                             "export_seconds": round(time.perf_counter() - started, 2)})
-        processor = load_processor(checkpoint)
-        inputs_sections = export_processor(processor, staging, n_image=facts.n_image)
+        inputs_sections = export_processor(processor, staging)
         processor_files = {TOKENIZER_FILE: sha256(staging / TOKENIZER_FILE)}
         for name in _PROCESSOR_FILES:
             if (checkpoint / name).is_file():
@@ -113,7 +114,9 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             "model": {"id": model, "checkpoint": str(checkpoint.resolve()), "config": config.to_dict(),
                       "facts": facts.__dict__},
             "schedule": schedule.to_dict(),
-            "keep_counts": list(schedule.keep_counts(facts.n_image)),
+            # anyres builds keep int(n * ratio) of each image's n tokens: the counts at the extremes
+            "keep_counts": (list(schedule.keep_counts(facts.n_image)) if not facts.anyres else
+                            {bound: list(schedule.keep_counts(image_tokens[bound])) for bound in ("min", "max")}),
             "dtype": dtype,
             "opset": opset,
             "limits": limits,
@@ -162,19 +165,36 @@ def _describe(spec) -> str:
     if spec.kind == "segment":
         return f"{spec.name} (layers {spec.layers[0]}-{spec.layers[1]})"
     if spec.kind == "scorer":
-        return f"{spec.name} (after layer {spec.attrs['after_layer']}, keep {spec.attrs['keep']})"
+        keep = spec.attrs["keep"]
+        return f"{spec.name} (after layer {spec.attrs['after_layer']}, keep " + (
+            f"{keep})" if keep is not None else f"{spec.attrs['keep_ratio']:g} of each image's tokens)")
     return spec.name
 
 
-def _limits(max_text_tokens: int, *, n_image: int, max_positions: int) -> dict:
+def _image_token_range(facts, processor) -> dict:
+    """{"min", "max"} image tokens one image gives: fixed for LLaVA-1.5; for anyres from one base
+    tile alone (an image so thin that unpadding drops every grid row) to the largest grid pinpoint
+    filled edge to edge (unpadding only ever removes rows or columns)."""
+    if not facts.anyres:
+        return {"min": facts.n_image, "max": facts.n_image}
+    from transprune.runtime.anyres import AnyresPreprocess, describe_anyres_processor, image_feature_count
+
+    settings = AnyresPreprocess.from_dict(describe_anyres_processor(processor.image_processor))
+    side = math.isqrt(facts.tile_tokens)
+    most = max(image_feature_count(tuple(pin), settings, patches_per_side=side) for pin in settings.grid_pinpoints)
+    return {"min": facts.tile_tokens, "max": most}
+
+
+def _limits(max_text_tokens: int, *, image_tokens: dict, max_positions: int) -> dict:
     """Sequence limits the build promises (recorded for the runtime and TensorRT profiles)."""
     if not isinstance(max_text_tokens, int) or max_text_tokens < 1:
         raise TransPruneError(f"--max-text-tokens {max_text_tokens!r} must be a positive integer")
-    if max_text_tokens + n_image > max_positions:
-        raise TransPruneError(f"--max-text-tokens {max_text_tokens} plus {n_image} image tokens exceeds the model's "
-                              f"{max_positions} positions; use at most {max_positions - n_image}")
-    return {"max_text_tokens": max_text_tokens, "max_prompt_tokens": max_text_tokens + n_image,
-            "max_total_tokens": max_positions, "image_tokens": n_image}
+    most = image_tokens["max"]
+    if max_text_tokens + most > max_positions:
+        raise TransPruneError(f"--max-text-tokens {max_text_tokens} plus {most} image tokens exceeds the model's "
+                              f"{max_positions} positions; use at most {max_positions - most}")
+    return {"max_text_tokens": max_text_tokens, "max_prompt_tokens": max_text_tokens + most,
+            "max_total_tokens": max_positions, "image_tokens": dict(image_tokens)}
 
 
 def _estimated_bytes(weights, dtype: str) -> int:

@@ -1,6 +1,6 @@
 """The torch modules traced into the build directory's ONNX graphs, one class per graph kind.
 
-    pixels -> [vision] -> image features --+
+    pixels -> [vision] -> image features --+     (LLaVA-NeXT: tiles + pack index -> [vision])
     ids ----> [embed] -> embeddings -------+-> [prefill_inputs] -> hidden, positions, image start
                                                      |
          [segment 0] -(ttv)-> [scorer 0] -> [segment 1] -> ... -> [segment K] -> [head] -> logits
@@ -82,6 +82,24 @@ class VisionGraph(nn.Module):
             x = x + block.out(torch.matmul(probs, v).transpose(1, 2).reshape(batch, seq, width))
             x = x + block.fc2(self.act(block.fc1(block.norm2(x))))
         return self.proj2(self.proj_act(self.proj1(x[:, 1:])))
+
+
+class AnyresVisionGraph(VisionGraph):
+    """LLaVA-NeXT: pixel_values [T, 3, H, W] (every tile of the batch), pack_index [B, N] ->
+    image_features [B, N, D]. The tiles go through the LLaVA-1.5 path; each image token then takes
+    the feature row ``pack_index`` names in the stack of all tiles' features ([T * P, D]), or the
+    learned ``image_newline`` where it is -1 -- transformers' unpadding and newline packing, as a
+    gather whose index the runtime computes from the image size (runtime.anyres.packing_plan)."""
+
+    def __init__(self, weights: dict, **options) -> None:
+        super().__init__(weights, **options)
+        self.newline = nn.Parameter(weights["image_newline"], requires_grad=False)
+
+    def forward(self, pixel_values: torch.Tensor, pack_index: torch.Tensor) -> torch.Tensor:
+        tiles = super().forward(pixel_values)
+        rows = torch.cat([tiles.reshape(-1, tiles.shape[-1]), self.newline.to(tiles.dtype)[None]], dim=0)
+        newline_row = rows.shape[0] - 1
+        return rows[torch.where(pack_index < 0, newline_row, pack_index)]
 
 
 class EmbedGraph(nn.Module):

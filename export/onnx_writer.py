@@ -14,8 +14,9 @@ from .specs import GraphSpec, TensorSpec
 
 # Concrete sizes for tracing. Distinct values above 1 so torch.export keeps every named axis
 # symbolic instead of specialising it (0/1 and equal sizes get specialised).
-EXAMPLE_SIZES = {"batch": 2, "seq": 37, "past": 5, "total": 42, "alive": 23}
-AXIS_RANGES = {"batch": (1, 64), "seq": (1, 8192), "past": (0, 8192), "total": (1, 16384), "alive": (1, 8192)}
+EXAMPLE_SIZES = {"batch": 2, "seq": 37, "past": 5, "total": 42, "alive": 23, "tiles": 3, "image": 29}
+AXIS_RANGES = {"batch": (1, 64), "seq": (1, 8192), "past": (0, 8192), "total": (1, 16384), "alive": (1, 8192),
+               "tiles": (1, 320), "image": (1, 8192)}
 EXTERNAL_DATA_BYTES = 1 << 30  # graphs with more weights than this keep them in a .data file
 
 
@@ -23,9 +24,11 @@ def _dtype(spec: TensorSpec, model_dtype: torch.dtype) -> torch.dtype:
     return {"float": model_dtype, "float32": torch.float32, "int64": torch.int64}[spec.dtype]
 
 
-def example_inputs(spec: GraphSpec, model_dtype: torch.dtype, *, n_image: int, image_token_id: int) -> tuple:
-    """Plausible example tensors (the scorer needs a consistent image span and keep count)."""
+def example_inputs(spec: GraphSpec, model_dtype: torch.dtype, *, n_image: int | None, image_token_id: int) -> tuple:
+    """Plausible example tensors (the scorer needs a consistent image span and keep count).
+    ``n_image`` None: the image-token count is the dynamic ``image`` axis (anyres builds)."""
     gen = torch.Generator().manual_seed(0)
+    n_image = n_image or EXAMPLE_SIZES["image"]
     values = []
     for tensor in spec.inputs:
         shape = [EXAMPLE_SIZES[a] if isinstance(a, str) else a for a in tensor.axes]
@@ -36,6 +39,9 @@ def example_inputs(spec: GraphSpec, model_dtype: torch.dtype, *, n_image: int, i
             values.append(torch.tensor([3, 4][: shape[0]], dtype=torch.int64))
         elif tensor.name == "alive":
             values.append(torch.arange(shape[1]).expand(shape[0], -1).contiguous())
+        elif tensor.name == "pack_index":  # rows of the tiles' features, -1 for a newline
+            rows = EXAMPLE_SIZES["tiles"] * spec.attrs["tile_tokens"]
+            values.append(torch.randint(-1, rows, shape, generator=gen))
         elif tensor.name == "attention_mask":
             values.append(torch.ones(shape, dtype=torch.int64))
         elif tensor.name == "position_ids":

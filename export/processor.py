@@ -33,29 +33,39 @@ def load_processor(checkpoint: Path):
                               f"{exc}") from None
 
 
-def export_processor(processor, out: Path, *, n_image: int) -> dict:
+def export_processor(processor, out: Path) -> dict:
     """Writes ``tokenizer.json`` into ``out``; returns the manifest's ``prompt`` and
-    ``image_preprocess`` sections after checking the runtime reproduces the processor."""
+    ``image_preprocess`` sections (LLaVA-NeXT: the anyres tiling description)."""
+    from transprune.runtime.anyres import describe_anyres_processor
     from transprune.runtime.preprocess import describe_image_processor
 
     tokenizer = processor.tokenizer
     tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
     image_token = processor.image_token
     prompt = {"tokenizer": TOKENIZER_FILE, "image_token": image_token, "chat": _rendered_template(processor)}
-    image = describe_image_processor(processor.image_processor).to_dict()
+    if _is_anyres(processor):
+        image = describe_anyres_processor(processor.image_processor)
+    else:
+        image = describe_image_processor(processor.image_processor).to_dict()
     return {"prompt": prompt, "image_preprocess": image}
+
+
+def _is_anyres(processor) -> bool:
+    return getattr(processor.image_processor, "image_grid_pinpoints", None) is not None
 
 
 def check_processor(processor, build, sample_image) -> None:
     """Raises if the runtime's ids or pixels differ from the processor's for sample inputs."""
     from transprune.reference import encode_inputs
-    from transprune.runtime.preprocess import ImagePreprocess, preprocess
+    from transprune.runtime.inputs import ImageInputs
     from transprune.runtime.prompt import PromptEncoder
 
     encoder = PromptEncoder(build)
+    images = ImageInputs(build)
+    prepared = images.prepare([sample_image])
     if encoder.chat is not None:
         expected = encode_inputs(processor, [sample_image] * len(_CHECK_PROMPTS), list(_CHECK_PROMPTS))
-        ours = encoder.encode_batch(list(_CHECK_PROMPTS))
+        ours = encoder.encode_batch(list(_CHECK_PROMPTS), image_tokens=prepared.image_tokens * len(_CHECK_PROMPTS))
         if not np.array_equal(ours.input_ids, expected["input_ids"].numpy()) or \
                 not np.array_equal(ours.attention_mask, expected["attention_mask"].numpy()):
             raise TransPruneError("the runtime's tokenisation differs from the checkpoint's processor for sample "
@@ -63,10 +73,13 @@ def check_processor(processor, build, sample_image) -> None:
         pixels = expected["pixel_values"].numpy()[:1]
     else:
         pixels = processor.image_processor(images=[sample_image], return_tensors="np")["pixel_values"]
-    ours = preprocess([sample_image], ImagePreprocess.from_dict(build.manifest["image_preprocess"]))
-    if not np.array_equal(ours, pixels):
+    if build.anyres:  # [1, tiles, 3, H, W] (all of this image's tiles; no batch padding with one image)
+        pixels = pixels[0]
+    ours = prepared.pixel_values
+    if ours.shape != pixels.shape or not np.array_equal(ours, pixels):
+        error = np.abs(ours - pixels).max() if ours.shape == pixels.shape else f"shape {ours.shape} vs {pixels.shape}"
         raise TransPruneError(f"the runtime's image preprocessing differs from the checkpoint's processor (max "
-                              f"error {np.abs(ours - pixels).max():.3g}); this image processor is not supported yet")
+                              f"error {error}); this image processor is not supported yet")
 
 
 def _rendered_template(processor) -> dict | None:

@@ -41,10 +41,14 @@ class ModelFacts:
     head_dim: int
     vocab_size: int
     image_size: int
-    n_image: int
+    n_image: int | None  # image tokens per image; None for anyres models (it varies per image)
     image_token_id: int
     eos_token_id: int | None = None  # recorded for hosts; the graphs do not use them
     pad_token_id: int | None = None
+    # LLaVA-NeXT: each image is a base tile plus a grid of tiles (anyres); its tiles' features are
+    # unpadded and packed with newline tokens, so the image-token count depends on the image size
+    anyres: bool = False
+    tile_tokens: int | None = None  # anyres: vision features per tile (576 = 24 x 24)
 
 
 def _kv(layer: int, prefix: str, length_axis: str, facts: ModelFacts) -> list[TensorSpec]:
@@ -52,13 +56,31 @@ def _kv(layer: int, prefix: str, length_axis: str, facts: ModelFacts) -> list[Te
             for part in ("key", "value")]
 
 
+def _vision(facts: ModelFacts) -> GraphSpec:
+    side, d = facts.image_size, facts.hidden_size
+    if not facts.anyres:
+        return GraphSpec("vision", "vision", (TensorSpec("pixel_values", "float32", ("batch", 3, side, side)),),
+                         (TensorSpec("image_features", "float", ("batch", facts.n_image, d)),))
+    # every tile of every image of the batch in one stack; pack_index says, per image token, which
+    # tile feature row (of the stack's [tiles * tile_tokens] rows) it is, -1 for the image_newline
+    return GraphSpec("vision", "vision",
+                     (TensorSpec("pixel_values", "float32", ("tiles", 3, side, side)),
+                      TensorSpec("pack_index", "int64", ("batch", "image"))),
+                     (TensorSpec("image_features", "float", ("batch", "image", d)),),
+                     attrs={"anyres": True, "tile_tokens": facts.tile_tokens})
+
+
 def graph_specs(facts: ModelFacts, schedule: Schedule) -> list[GraphSpec]:
-    """Every graph of a build, in the order the chain runs them."""
-    d, n = facts.hidden_size, facts.n_image
+    """Every graph of a build, in the order the chain runs them.
+
+    Anyres (LLaVA-NeXT) builds have a dynamic ``image`` axis instead of a fixed image-token count:
+    their scorers record the keep ratio (the chain keeps int(n_image * ratio) of each image) and
+    their segments no fixed position shift (the chain derives it per prompt).
+    """
+    d = facts.hidden_size
+    n = "image" if facts.anyres else facts.n_image
     specs = [
-        GraphSpec("vision", "vision",
-                  (TensorSpec("pixel_values", "float32", ("batch", 3, facts.image_size, facts.image_size)),),
-                  (TensorSpec("image_features", "float", ("batch", n, d)),)),
+        _vision(facts),
         GraphSpec("embed", "embed",
                   (TensorSpec("input_ids", "int64", ("batch", "seq")),),
                   (TensorSpec("embeddings", "float", ("batch", "seq", d)),)),
@@ -73,7 +95,7 @@ def graph_specs(facts: ModelFacts, schedule: Schedule) -> list[GraphSpec]:
                   attrs={"image_token_id": facts.image_token_id}),
     ]
     segments = schedule.segments(facts.num_layers)
-    keep_counts = schedule.keep_counts(n)
+    keep_counts = (None,) * len(schedule.ratios) if facts.anyres else schedule.keep_counts(facts.n_image)
     for index, (first, last) in enumerate(segments):
         ttv_layers = tuple(l for l in schedule.accumulate if first <= l <= last) if schedule.uses_ttv else ()
         inputs = [TensorSpec("hidden", "float", ("batch", "seq", d)),
@@ -89,7 +111,7 @@ def graph_specs(facts: ModelFacts, schedule: Schedule) -> list[GraphSpec]:
               for part in ("key", "value")]
         # a decoded token's position in this segment: its full position minus the image tokens
         # pruned before the segment (the cached sequence here is that much shorter)
-        shift = 0 if index == 0 else n - keep_counts[index - 1]
+        shift = 0 if index == 0 else None if facts.anyres else facts.n_image - keep_counts[index - 1]
         specs.append(GraphSpec(f"segment_{index}", "segment", tuple(inputs), tuple(outputs), layers=(first, last),
                                attrs={"ttv_layers": list(ttv_layers) if index < len(segments) - 1 else [],
                                       "kv": kv, "position_shift": shift}))
@@ -119,6 +141,7 @@ def graph_specs(facts: ModelFacts, schedule: Schedule) -> list[GraphSpec]:
                         TensorSpec("iga_score", "float32", ("batch", "alive"))]
         specs.append(GraphSpec(f"scorer_{index}", "scorer", tuple(inputs), tuple(outputs),
                                attrs={"after_layer": last, "keep": keep_counts[index],
+                                      "keep_ratio": schedule.ratios[index],
                                       "uses_ttv": schedule.uses_ttv, "uses_iga": schedule.uses_iga,
                                       "ttv_from_segment": has_ttv_in, "alpha": schedule.alpha}))
     specs.append(GraphSpec("head", "head", (TensorSpec("hidden", "float", ("batch", "seq", d)),),

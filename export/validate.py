@@ -27,6 +27,10 @@ TOLERANCE = {"fp32": 5e-4, "fp16": 3e-2}
 # states it keeps only a few significant bits, so fp16 builds check it loosely; what matters for
 # them is the kept-token overlap, which is checked separately.
 TTV_TOLERANCE_FP16 = 0.2
+# LLaVA-NeXT images (height, width) for graph cases: landscape, portrait, square, very wide
+ANYRES_CASE_SIZES = ((300, 520), (640, 360), (500, 500), (120, 900))
+# LLaVA-NeXT chain checks: the sample image resized to (width, height) of different aspect ratios
+ANYRES_CHAIN_SIZES = ((448, 224), (240, 600), (400, 400))
 
 
 class ValidationError(TransPruneError):
@@ -112,9 +116,16 @@ class _CaseMaker:
 
         self.torch, self.build, self.float_type = torch, build, float_type
         facts = build.manifest["model"]["facts"]
-        self.n_image, self.hidden, self.image_size = facts["n_image"], facts["hidden_size"], facts["image_size"]
+        self.hidden, self.image_size = facts["hidden_size"], facts["image_size"]
         self.image_token_id, self.vocab = facts["image_token_id"], facts["vocab_size"]
         self.gen = torch.Generator().manual_seed(1234)
+        self.n_image = build.n_image
+        if build.anyres:
+            from transprune.runtime.inputs import ImageInputs
+
+            # the image-token count of a real image in landscape (2 x 1 tiles, unpadded rows)
+            self.images = ImageInputs(build)
+            self.n_image = self.images.count(ANYRES_CASE_SIZES[0])
 
     def randn(self, *shape, scale=1.0) -> np.ndarray:
         """Random floats in the build's dtype (both sides see exactly these values)."""
@@ -127,9 +138,29 @@ class _CaseMaker:
         return mask
 
     def vision(self, name):
+        if self.build.anyres:
+            yield from self.anyres_vision()
+            return
         for batch in (1, 2, 3):
             pixels = self.torch.randn(batch, 3, self.image_size, self.image_size, generator=self.gen).numpy()
             yield _Case(f"batch {batch}", {"pixel_values": pixels})
+
+    def anyres_vision(self):
+        """Real packing plans (unpadded grids, newlines) of images of several shapes, random tiles."""
+        from transprune.runtime.anyres import num_tiles
+
+        settings = self.images.anyres
+        for sizes in ANYRES_CASE_SIZES[:2], ANYRES_CASE_SIZES[2:3], ANYRES_CASE_SIZES[3:] * 2:
+            tiles = sum(num_tiles(size, settings) for size in sizes)
+            pixels = self.torch.randn(tiles, 3, self.image_size, self.image_size, generator=self.gen).numpy()
+            plans, offset = [], 0
+            for size in sizes:
+                plan = self.images.plan(size)
+                plans.append(np.where(plan >= 0, plan + offset, -1))
+                offset += num_tiles(size, settings) * self.build.tile_tokens
+            width = min(len(p) for p in plans)  # equal counts per batch: cut the longer plans
+            yield _Case(f"{len(sizes)} images, {tiles} tiles, {width} image tokens",
+                        {"pixel_values": pixels, "pack_index": np.stack([p[:width] for p in plans])})
 
     def embed(self, name):
         for batch, seq in ((1, 1), (2, 13), (1, self.n_image + 40)):
@@ -167,7 +198,8 @@ class _CaseMaker:
         from transprune.masks import positions_from_mask
 
         scorer = next(s for s in self.build.scorers.values() if s.name == name)
-        n_alive = self.n_image if scorer.after_segment == 0 else self.build.keep_counts[scorer.after_segment - 1]
+        keep_counts = self.build.keep_counts_for(self.n_image)
+        n_alive = self.n_image if scorer.after_segment == 0 else keep_counts[scorer.after_segment - 1]
         for batch, prefix, suffix in ((2, 6, 5), (2, 4, 20), (1, 35, 60)):
             seq = prefix + n_alive + suffix
             key_mask = self.left_padded_mask(batch, seq, pad=3)
@@ -176,7 +208,7 @@ class _CaseMaker:
             feeds = {"hidden": self.randn(batch, seq, self.hidden),
                      "position_ids": positions_from_mask(self.torch.from_numpy(key_mask)).numpy(),
                      "attention_mask": key_mask, "image_start": np.full(batch, prefix, dtype=np.int64),
-                     "alive": alive, "keep": np.array(scorer.keep, dtype=np.int64)}
+                     "alive": alive, "keep": np.array(keep_counts[scorer.after_segment], dtype=np.int64)}
             if scorer.uses_ttv:
                 feeds["ttv_sum"] = np.abs(self.randn(batch, n_alive)).astype(np.float32)
                 feeds["ttv"] = np.abs(self.randn(batch, seq)).astype(np.float32)
@@ -191,32 +223,55 @@ class _CaseMaker:
 
 def validate_chain(manifest: dict, *, build, loaded, schedule, backend) -> dict:
     """Runs the whole chain on a sample image + prompt next to the reference: kept indices
-    identical at every stage and 16 greedy tokens identical (fp32); agreement reported for fp16."""
-    from transprune.reference import TransPruneReference, encode_inputs
-    from transprune.runtime.chain import Chain
+    identical at every stage and 16 greedy tokens identical (fp32); agreement reported for fp16.
+    LLaVA-NeXT builds run the sample image at several aspect ratios (each its own image-token
+    count and tiling), prepared by the runtime's own anyres preprocessing."""
+    from transprune.runtime.inputs import ImageInputs
     from transprune.sample_image import sample_image
 
-    inputs = encode_inputs(loaded.processor, [sample_image()], [VALIDATION_PROMPT])
+    image = sample_image()
+    images = [image] if not build.anyres else [image.resize(size) for size in ANYRES_CHAIN_SIZES]
+    results = [_validate_chain_image(manifest, build=build, loaded=loaded, schedule=schedule, backend=backend,
+                                     image=picture, inputs=ImageInputs(build)) for picture in images]
+    first = dict(results[0])
+    if build.anyres:
+        first["images"] = results
+    return first
+
+
+def _validate_chain_image(manifest: dict, *, build, loaded, schedule, backend, image, inputs) -> dict:
+    from transprune.reference import TransPruneReference, encode_inputs
+    from transprune.runtime.chain import Chain
+
+    encoded = encode_inputs(loaded.processor, [image], [VALIDATION_PROMPT])
     reference = TransPruneReference(loaded.model, schedule).generate(
-        inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], max_new_tokens=VALIDATION_TOKENS)
-    chain = Chain(build, backend)
-    pixels = inputs["pixel_values"].numpy()
-    ours = chain.generate(inputs["input_ids"].numpy(), inputs["attention_mask"].numpy(), pixels,
-                          max_new_tokens=VALIDATION_TOKENS)
+        encoded["input_ids"], encoded["attention_mask"], encoded["pixel_values"], max_new_tokens=VALIDATION_TOKENS,
+        image_sizes=encoded.get("image_sizes"))
+    prepared = inputs.prepare([image])
+    ours = Chain(build, backend).generate(encoded["input_ids"].numpy(), encoded["attention_mask"].numpy(),
+                                          prepared.pixel_values, pack_index=prepared.pack_index,
+                                          max_new_tokens=VALIDATION_TOKENS)
     exact = manifest["dtype"] == "fp32"
+    where = f" ({image.width}x{image.height} image, {prepared.image_tokens[0]} image tokens)" if build.anyres else ""
     overlaps = []
     for stage, (mine, theirs) in enumerate(zip(ours.stages, reference.records)):
         want = theirs.kept.numpy()
+        if mine.kept.shape != want.shape:
+            raise ValidationError(f"chain{where}: stage {stage} kept {mine.kept.shape[1]} image tokens, the reference "
+                                  f"{want.shape[1]}")
         overlaps.append(float(np.mean([len(np.intersect1d(a, b)) / len(b) for a, b in zip(mine.kept, want)])))
         if exact and not np.array_equal(mine.kept, want):
             differ = int((mine.kept != want).sum())
-            raise ValidationError(f"chain: stage {stage} (after layer {mine.after_layer}): {differ} kept indices "
-                                  f"differ from the reference")
+            raise ValidationError(f"chain{where}: stage {stage} (after layer {mine.after_layer}): {differ} kept "
+                                  f"indices differ from the reference")
     if exact and ours.tokens != reference.tokens:
-        raise ValidationError(f"chain: generated tokens differ from the reference: {ours.tokens} vs {reference.tokens}")
+        raise ValidationError(f"chain{where}: generated tokens differ from the reference: {ours.tokens} vs "
+                              f"{reference.tokens}")
     same_tokens = sum(a == b for a, b in zip(ours.tokens[0], reference.tokens[0]))
     logit_error = max(float(np.abs(a - b.numpy()).max()) for a, b in zip(ours.step_logits, reference.step_logits))
-    return {"prompt": VALIDATION_PROMPT, "tokens": ours.tokens[0], "reference_tokens": reference.tokens[0],
+    return {"prompt": VALIDATION_PROMPT, "image_size": [image.height, image.width],
+            "image_tokens": [prepared.image_tokens[0], *(stage.keep for stage in ours.stages)],
+            "tokens": ours.tokens[0], "reference_tokens": reference.tokens[0],
             "tokens_identical": same_tokens, "kept_overlap": overlaps, "exact": exact,
             "max_logit_error": logit_error}
 

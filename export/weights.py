@@ -8,6 +8,7 @@ transformers 5 writes, with or without ``vision_model.``); every name is mapped 
 
     text.embed_tokens.weight   text.layers.{i}.…   text.norm.weight   lm_head.weight
     vision.embeddings.…        vision.pre_layrnorm.…   vision.encoder.layers.{i}.…   projector.…
+    image_newline (LLaVA-NeXT)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _CANONICAL = [
     (re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?"), "vision."),
     (re.compile(r"^(?:model\.)?multi_modal_projector\."), "projector."),
     (re.compile(r"^lm_head\."), "lm_head."),
+    (re.compile(r"^(?:model\.)?image_newline$"), "image_newline"),  # LLaVA-NeXT
 ]
 
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from transprune.errors import TransPruneError
+from transprune.schedule import Schedule
+
 from .manifest import ManifestError, load_manifest, resolve_inside
 
 FLOAT_TYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -59,7 +62,7 @@ class SegmentInfo:
     kv: tuple[tuple[str, str], ...]  # (past input, present output) per layer and part
     kv_heads: int
     head_dim: int
-    position_shift: int  # image tokens pruned before this segment ran
+    position_shift: int | None  # image tokens pruned before this segment ran (None: per image, anyres)
     has_ttv: bool  # whether the segment outputs the TTV its scorer reads
 
     @property
@@ -72,7 +75,8 @@ class ScorerInfo:
     graph: GraphInfo
     after_segment: int
     after_layer: int
-    keep: int
+    keep: int | None  # image tokens kept (None for anyres builds: int(n_image * keep_ratio) per image)
+    keep_ratio: float
     uses_ttv: bool
     uses_iga: bool
 
@@ -89,12 +93,15 @@ class Build:
     segments: list[SegmentInfo]
     scorers: dict[int, ScorerInfo]  # segment index -> the scorer that runs after it
     float_type: type
-    n_image: int
+    n_image: int | None  # image tokens per image; None for anyres builds, where it follows the image size
     image_token_id: int
     eos_token_id: int | None
     pad_token_id: int | None
     image_size: int
     limits: dict
+    schedule: Schedule
+    anyres: bool = False  # LLaVA-NeXT: tiles and a variable image-token count per image
+    tile_tokens: int | None = None  # anyres: vision features per tile
     verified: bool = True  # whether file checksums are checked (backends apply it to their own files)
 
     @classmethod
@@ -131,8 +138,9 @@ class Build:
                 inputs = {t.name: t for t in graph.inputs}
                 kv = tuple((past, present) for past, present in graph.attrs["kv"])
                 _, heads, _, head_dim = inputs[kv[0][0]].axes
+                shift = graph.attrs["position_shift"]
                 segments.append(SegmentInfo(graph, len(segments), graph.layers, kv, int(heads), int(head_dim),
-                                            int(graph.attrs["position_shift"]),
+                                            None if shift is None else int(shift),
                                             any(t.name == "ttv" for t in graph.outputs)))
         by_last_layer = {s.layers[1]: s.index for s in segments}
         for graph in graphs.values():
@@ -141,25 +149,53 @@ class Build:
                 if after is None or after == len(segments) - 1:
                     raise ManifestError(f"{directory}: scorer {graph.name!r} runs after layer "
                                         f"{graph.attrs['after_layer']}, which ends no segment; re-export the build")
-                scorers[after] = ScorerInfo(graph, after, int(graph.attrs["after_layer"]), int(graph.attrs["keep"]),
+                keep = graph.attrs["keep"]
+                scorers[after] = ScorerInfo(graph, after, int(graph.attrs["after_layer"]),
+                                            None if keep is None else int(keep), float(graph.attrs["keep_ratio"]),
                                             bool(graph.attrs["uses_ttv"]), bool(graph.attrs["uses_iga"]))
         if len(scorers) != len(segments) - 1:
             raise ManifestError(f"{directory}: {len(segments)} segments need {len(segments) - 1} scorers between "
                                 f"them, the manifest has {len(scorers)}; re-export the build")
         facts = manifest["model"]["facts"]
+        anyres = bool(facts.get("anyres", False))
+        image_tokens = manifest["limits"]["image_tokens"]
+        if not anyres and not image_tokens["min"] == image_tokens["max"] == facts["n_image"]:
+            raise ValueError(f"image_tokens {image_tokens} do not match the model's {facts['n_image']}")
         return cls(directory=directory, manifest=manifest, graphs=graphs, segments=segments, scorers=scorers,
-                   float_type=FLOAT_TYPES[manifest["dtype"]], n_image=int(facts["n_image"]),
+                   float_type=FLOAT_TYPES[manifest["dtype"]], n_image=None if anyres else int(facts["n_image"]),
                    image_token_id=int(facts["image_token_id"]), eos_token_id=facts.get("eos_token_id"),
                    pad_token_id=facts.get("pad_token_id"), image_size=int(facts["image_size"]),
-                   limits=dict(manifest["limits"]))
+                   limits=dict(manifest["limits"]), schedule=Schedule.from_dict(manifest["schedule"]),
+                   anyres=anyres, tile_tokens=int(facts["tile_tokens"]) if anyres else None)
 
     def graph(self, kind: str) -> GraphInfo:
         """The one graph of a kind that occurs once (vision, embed, prefill_inputs, head)."""
         return next(g for g in self.graphs.values() if g.kind == kind)
 
     @property
+    def image_tokens(self) -> tuple[int, int]:
+        """(fewest, most) image tokens one image gives; equal for LLaVA-1.5 builds."""
+        limit = self.limits["image_tokens"]
+        return int(limit["min"]), int(limit["max"])
+
+    @property
     def keep_counts(self) -> list[int]:
+        """Image tokens kept after each prune (fixed-count builds; anyres: ``keep_counts_for``)."""
+        if self.anyres:
+            raise TransPruneError("an anyres (LLaVA-NeXT) build keeps a share of each image's tokens; ask "
+                                  "keep_counts_for(n_image)")
         return [self.scorers[i].keep for i in sorted(self.scorers)]
+
+    def check_image_tokens(self, n_image: int) -> None:
+        low, high = self.image_tokens
+        if not low <= n_image <= high:
+            raise TransPruneError(f"an image of {n_image} image tokens is outside this build's {low}..{high}; "
+                                  f"the image or the prompt does not belong to this model")
+
+    def keep_counts_for(self, n_image: int) -> list[int]:
+        """Image tokens kept after each prune for an image of ``n_image`` tokens: int(n * ratio)."""
+        self.check_image_tokens(n_image)
+        return self.keep_counts if not self.anyres else list(self.schedule.keep_counts(n_image))
 
     def file(self, name: str) -> Path:
         """A processor file of the build (tokenizer.json, ...), checked to lie inside it."""

@@ -41,6 +41,7 @@ class ChainState:
     caches: list[KVCache]  # per segment, owned by the backend
     key_masks: list[np.ndarray]  # per segment [B, T_s]: 1 real token, 0 left padding
     next_position: np.ndarray  # [B] full-sequence position of the next token
+    position_shifts: list[int] = field(default_factory=list)  # per segment: image tokens pruned before it
 
 
 @dataclass
@@ -89,16 +90,30 @@ class Chain:
         return out
 
     def prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray, *,
-                max_new_tokens: int = 1):
+                max_new_tokens: int = 1, pack_index: np.ndarray | None = None):
         """-> (logits [B, V] of the last prompt position, stage results, state for decoding).
 
-        Caches are sized for ``max_new_tokens`` more positions.
+        Caches are sized for ``max_new_tokens`` more positions. Anyres (LLaVA-NeXT) builds take every
+        image's tiles as ``pixel_values`` and their ``pack_index`` (runtime.inputs.ImageInputs); the
+        image-token count, and with it what each prune keeps, then follows the images.
         """
         build, backend, run = self.build, self.backend, self.backend.run
         self.timings = Timings()
         backend.start_generation()
         batch = input_ids.shape[0]
-        features = self._timed("vision", run, "vision", {"pixel_values": pixel_values})["image_features"]
+        vision_feeds = {"pixel_values": pixel_values}
+        if build.anyres:
+            if pack_index is None:
+                raise TransPruneError("an anyres (LLaVA-NeXT) build needs the pack_index of its tiles; prepare "
+                                      "images with transprune.runtime.inputs.ImageInputs")
+            vision_feeds["pack_index"] = pack_index
+        features = self._timed("vision", run, "vision", vision_feeds)["image_features"]
+        n_image = features.shape[1]
+        keep_counts = iter(build.keep_counts_for(n_image))
+        slots = (input_ids == build.image_token_id).sum(-1)
+        if np.any(slots != n_image):
+            raise TransPruneError(f"the prompts hold {slots.tolist()} image tokens but the images give {n_image} "
+                                  f"each; expand each prompt's image slot to its image's count")
         embeddings = self._timed("embed", run, "embed", {"input_ids": input_ids})["embeddings"]
         prepared = self._timed("prefill_inputs", run, "prefill_inputs", {
             "embeddings": embeddings, "input_ids": input_ids, "attention_mask": attention_mask,
@@ -106,14 +121,16 @@ class Chain:
         hidden, positions, image_start = prepared["hidden"], prepared["position_ids"], prepared["image_start"]
         mask = attention_mask
         # which ORIGINAL image tokens are still in the sequence, and their running TTV sums
-        alive = np.tile(np.arange(build.n_image, dtype=np.int64), (batch, 1))
-        ttv_sum = np.zeros((batch, build.n_image), dtype=np.float32)
+        alive = np.tile(np.arange(n_image, dtype=np.int64), (batch, 1))
+        ttv_sum = np.zeros((batch, n_image), dtype=np.float32)
         state = ChainState([], [], attention_mask.sum(-1).astype(np.int64))
         stages = []
         for segment in build.segments:
-            if build.n_image - alive.shape[1] != segment.position_shift:
-                raise TransPruneError(f"{segment.name}: {build.n_image - alive.shape[1]} image tokens were pruned "
+            shift = n_image - alive.shape[1]
+            if segment.position_shift is not None and shift != segment.position_shift:
+                raise TransPruneError(f"{segment.name}: {shift} image tokens were pruned "
                                       f"before it, the manifest says {segment.position_shift}; re-export the build")
+            state.position_shifts.append(shift)
             cache = backend.new_cache(segment, batch=batch, capacity=hidden.shape[1] + max_new_tokens)
             out = self._timed(segment.name, backend.run_segment, segment,
                               {"hidden": hidden, "position_ids": positions, "attention_mask": mask}, cache)
@@ -123,13 +140,14 @@ class Chain:
             scorer = build.scorers.get(segment.index)
             if scorer is None:
                 continue
+            keep = next(keep_counts)
             feeds = {"hidden": hidden, "position_ids": positions, "attention_mask": mask,
-                     "image_start": image_start, "alive": alive, "keep": np.array(scorer.keep, dtype=np.int64)}
+                     "image_start": image_start, "alive": alive, "keep": np.array(keep, dtype=np.int64)}
             if scorer.uses_ttv:
                 feeds["ttv_sum"] = ttv_sum
                 feeds["ttv"] = out.get("ttv", np.zeros(hidden.shape[:2], dtype=np.float32))
             result = self._timed(scorer.name, run, scorer.name, feeds)
-            stages.append(StageResult(scorer.after_layer, scorer.keep, alive, result["score"], result["kept"],
+            stages.append(StageResult(scorer.after_layer, keep, alive, result["score"], result["kept"],
                                       *_score_parts(scorer, result)))
             hidden, positions, mask = result["hidden_out"], result["position_ids_out"], result["attention_mask_out"]
             alive = result["kept"]
@@ -145,7 +163,7 @@ class Chain:
         ones = np.ones((tokens.shape[0], 1), dtype=np.int64)
         for segment, cache in zip(self.build.segments, state.caches):
             key_mask = state.key_masks[segment.index] = np.concatenate([state.key_masks[segment.index], ones], axis=1)
-            positions = (state.next_position - segment.position_shift)[:, None]
+            positions = (state.next_position - state.position_shifts[segment.index])[:, None]
             out = self.backend.run_segment(segment, {"hidden": hidden, "position_ids": positions,
                                                      "attention_mask": key_mask}, cache)
             hidden = out["hidden_out"]
@@ -155,19 +173,22 @@ class Chain:
         return logits
 
     def steps(self, input_ids, attention_mask, pixel_values, *, max_new_tokens: int,
-              sampler: Sampler | None = None, eos_token_id: int | None = None) -> Iterator:
+              sampler: Sampler | None = None, eos_token_id: int | None = None,
+              pack_index: np.ndarray | None = None) -> Iterator:
         """Prefill, then yield ``(picked [B], active [B] bool, logits)`` per generated position
         (``active``: the sample had not reached EOS before this step). ``self.stages`` holds the
         prefill's stage results once the first step is out."""
         logits, self.stages, state = self.prefill(input_ids, attention_mask, pixel_values,
-                                                  max_new_tokens=max_new_tokens)
+                                                  max_new_tokens=max_new_tokens, pack_index=pack_index)
         yield from decode_steps(logits, lambda picked: self.decode_step(state, picked), batch=input_ids.shape[0],
                                 max_new_tokens=max_new_tokens, sampler=sampler, eos_token_id=eos_token_id)
 
     def generate(self, input_ids, attention_mask, pixel_values, *, max_new_tokens: int,
                  sampler: Sampler | None = None, eos_token_id: int | None = None,
-                 on_tokens: Callable[[list[int]], None] | None = None) -> ChainOutput:
-        logits, stages, state = self.prefill(input_ids, attention_mask, pixel_values, max_new_tokens=max_new_tokens)
+                 on_tokens: Callable[[list[int]], None] | None = None,
+                 pack_index: np.ndarray | None = None) -> ChainOutput:
+        logits, stages, state = self.prefill(input_ids, attention_mask, pixel_values, max_new_tokens=max_new_tokens,
+                                             pack_index=pack_index)
         tokens, step_logits = decode_loop(
             logits, lambda picked: self.decode_step(state, picked), batch=input_ids.shape[0],
             max_new_tokens=max_new_tokens, sampler=sampler, eos_token_id=eos_token_id, on_tokens=on_tokens,

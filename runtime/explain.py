@@ -64,6 +64,9 @@ class Explanation:
 def explain(pipeline: Pipeline, image, prompt: str, *, max_new_tokens: int = 16) -> Explanation:
     """Runs ``prompt`` about ``image`` through the pipeline's chain and collects every stage's scores."""
     build = pipeline.build
+    if build.anyres:
+        raise TransPruneError("transprune-explain draws LLaVA-1.5 builds (one grid of patches); drawing LLaVA-NeXT's "
+                              "tiles is not supported yet")
     grid = math.isqrt(build.n_image)
     if grid * grid != build.n_image:
         raise TransPruneError(f"{build.n_image} image tokens do not form a square grid; transprune-explain draws "
@@ -82,7 +85,7 @@ def explain(pipeline: Pipeline, image, prompt: str, *, max_new_tokens: int = 16)
 
 def model_view(pipeline: Pipeline, image) -> np.ndarray:
     """The picture the vision tower sees: the processor's pixels with the normalisation undone."""
-    settings = pipeline.image_preprocess
+    settings = pipeline.images.settings
     rgb = preprocess([load_image(image)], settings)[0].astype(np.float64)  # [3, H, W], normalised
     if settings.mean is not None:
         rgb = rgb * np.asarray(settings.std)[:, None, None] + np.asarray(settings.mean)[:, None, None]

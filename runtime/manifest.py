@@ -14,7 +14,9 @@ from pathlib import Path
 from transprune.errors import TransPruneError
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 2  # 2: prompt and image_preprocess sections (the torch-free runtime)
+# 2: prompt and image_preprocess sections (the torch-free runtime)
+# 3: LLaVA-NeXT (anyres) builds; limits.image_tokens is a {min, max} range, scorers carry keep_ratio
+SCHEMA_VERSION = 3
 
 
 class ManifestError(TransPruneError):

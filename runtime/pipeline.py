@@ -23,7 +23,7 @@ from transprune.sampling import Sampler
 from .backend import Backend, open_backend
 from .build import Build
 from .chain import Chain
-from .preprocess import ImagePreprocess, load_image, preprocess
+from .inputs import ImageInputs
 from .prompt import PromptEncoder, PromptError, TextStream
 
 
@@ -35,6 +35,7 @@ class Generation:
     tokens: list[int]  # generated ids (EOS included when reached)
     text: str
     kept: list[list[int]]  # per prune stage: kept image tokens as indices into the ORIGINAL image tokens
+    image_tokens: list[int]  # the image's tokens, then how many each prune kept
     finish_reason: str  # "eos" or "length"
     timings: dict = field(default_factory=dict)  # milliseconds, shared by the batch it ran in
 
@@ -46,7 +47,7 @@ class Pipeline:
     def __init__(self, build: Build, backend: Backend) -> None:
         self.build, self.backend = build, backend
         self.prompts = PromptEncoder(build)
-        self.image_preprocess = ImagePreprocess.from_dict(build.manifest["image_preprocess"])
+        self.images = ImageInputs(build)
         self.max_total_tokens = int(build.limits["max_total_tokens"])
         self.last_stages: list = []  # the last generation's StageResults (scores per prune stage), for explain
 
@@ -60,9 +61,10 @@ class Pipeline:
         return cls(build, open_backend(backend, build, **backend_options))
 
     @property
-    def image_tokens(self) -> list[int]:
-        """Image tokens per stage: all of them, then what each prune keeps."""
-        return [self.build.n_image, *self.build.keep_counts]
+    def image_tokens(self) -> list[int] | None:
+        """Image tokens per stage: all of them, then what each prune keeps; None for anyres builds,
+        where they follow each image's size (``Generation.image_tokens``)."""
+        return None if self.build.anyres else [self.build.n_image, *self.build.keep_counts]
 
     def generate(self, image, prompt: str, **options) -> Generation:
         """Answers ``prompt`` about ``image`` (a path, bytes or a PIL image); options as ``generate_batch``."""
@@ -103,9 +105,9 @@ class Pipeline:
             raise PromptError(f"max_new_tokens {max_new_tokens!r} must be a positive integer")
         sampler = Sampler(temperature=temperature, top_p=top_p, seed=seed)
         started = time.perf_counter()
-        pixels = preprocess([load_image(image) for image in images], self.image_preprocess)
+        prepared = self.images.prepare(images)
         preprocessed = time.perf_counter()
-        encoded = self.prompts.encode_batch(prompts, raw=raw_prompt)
+        encoded = self.prompts.encode_batch(prompts, raw=raw_prompt, image_tokens=prepared.image_tokens)
         longest = int(encoded.attention_mask.sum(-1).max())
         if longest + max_new_tokens > self.max_total_tokens:
             raise PromptError(f"{longest} prompt tokens plus {max_new_tokens} new tokens exceed the model's "
@@ -116,8 +118,9 @@ class Pipeline:
         eos = self.build.eos_token_id
         tokens: list[list[int]] = [[] for _ in images]
         streams = [TextStream(self.prompts) for _ in images]
-        for picked, active, _ in chain.steps(encoded.input_ids, encoded.attention_mask, pixels,
-                                             max_new_tokens=max_new_tokens, sampler=sampler, eos_token_id=eos):
+        for picked, active, _ in chain.steps(encoded.input_ids, encoded.attention_mask, prepared.pixel_values,
+                                             max_new_tokens=max_new_tokens, sampler=sampler, eos_token_id=eos,
+                                             pack_index=prepared.pack_index):
             for sample, token in enumerate(picked.tolist()):
                 if active[sample]:
                     tokens[sample].append(token)
@@ -134,6 +137,7 @@ class Pipeline:
             results.append(Generation(
                 input_ids=encoded.input_ids[sample][real].tolist(), tokens=ids, text=self.prompts.decode(ids),
                 kept=[stage.kept[sample].tolist() for stage in chain.stages],
+                image_tokens=[prepared.image_tokens[sample], *(stage.keep for stage in chain.stages)],
                 finish_reason="eos" if ids and ids[-1] == eos else "length", timings=timings))
         return results
 

@@ -3,8 +3,9 @@
 The build carries the model's tokenizer as ``tokenizer.json`` (saved by the exporter from the
 tokenizer transformers loads, so special-token handling is the same) and its chat template
 already rendered around a placeholder: ``before + prompt + after``. No Jinja runs here.
-The image slot (one image token in the template) is expanded to the model's ``n_image`` image
-tokens after tokenising, which gives the ids LlavaProcessor gives for the expanded text.
+The image slot (one image token in the template) is expanded to the image's image tokens after
+tokenising (a fixed count for LLaVA-1.5, one that follows the image's size for LLaVA-NeXT), which
+gives the ids the model's processor gives for the expanded text.
 """
 
 from __future__ import annotations
@@ -67,8 +68,20 @@ class PromptEncoder:
                               f"one {self.image_token!r} where the image goes")
         return self.chat["before"] + prompt + self.chat["after"]
 
-    def encode(self, prompt: str, *, raw: bool = False) -> list[int]:
-        """Token ids of one prompt with its image slot expanded to ``n_image`` image tokens."""
+    def _image_tokens(self, image_tokens: int | None) -> int:
+        if image_tokens is None:
+            if self.n_image is None:
+                raise PromptError("a LLaVA-NeXT build's image-token count follows the image; pass image_tokens "
+                                  "(runtime.inputs.ImageInputs counts them)")
+            return self.n_image
+        if self.n_image is not None and image_tokens != self.n_image:
+            raise PromptError(f"this build's images give {self.n_image} image tokens, not {image_tokens}")
+        return image_tokens
+
+    def encode(self, prompt: str, *, raw: bool = False, image_tokens: int | None = None) -> list[int]:
+        """Token ids of one prompt with its image slot expanded to ``image_tokens`` image tokens
+        (default: the build's fixed count)."""
+        count = self._image_tokens(image_tokens)
         ids = self.tokenizer.encode(self.render(prompt, raw=raw)).ids
         slots = [i for i, token in enumerate(ids) if token == self.image_token_id]
         if len(slots) != 1:
@@ -79,18 +92,23 @@ class PromptEncoder:
                               f"takes at most {self.max_text_tokens}; shorten it or export with a larger "
                               f"--max-text-tokens")
         at = slots[0]
-        return ids[:at] + [self.image_token_id] * self.n_image + ids[at + 1:]
+        return ids[:at] + [self.image_token_id] * count + ids[at + 1:]
 
-    def encode_batch(self, prompts: list[str], *, raw: bool = False) -> EncodedBatch:
-        """Left-padded ids and masks (decoding appends on the right, so padding goes left)."""
-        rows = [self.encode(p, raw=raw) for p in prompts]
+    def encode_batch(self, prompts: list[str], *, raw: bool = False,
+                     image_tokens: list[int] | None = None) -> EncodedBatch:
+        """Left-padded ids and masks (decoding appends on the right, so padding goes left);
+        ``image_tokens``: per prompt, the count its image gives (default: the build's fixed count)."""
+        counts = [self._image_tokens(None)] * len(prompts) if image_tokens is None else list(image_tokens)
+        if len(counts) != len(prompts):
+            raise PromptError(f"{len(prompts)} prompts but {len(counts)} image-token counts")
+        rows = [self.encode(p, raw=raw, image_tokens=n) for p, n in zip(prompts, counts)]
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for b, row in enumerate(rows):
             ids[b, width - len(row):] = row
             mask[b, width - len(row):] = 1
-        return EncodedBatch(ids, mask, [len(r) - self.n_image for r in rows])
+        return EncodedBatch(ids, mask, [len(r) - n for r, n in zip(rows, counts)])
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)

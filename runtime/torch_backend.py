@@ -26,7 +26,7 @@ class TorchGraphs:
         import torch
 
         self.torch, self.ref, self.build = torch, reference, build
-        if list(reference.keep_counts) != build.keep_counts or \
+        if reference.schedule.to_dict() != build.schedule.to_dict() or \
                 [tuple(s) for s in reference.segments] != [s.layers for s in build.segments]:
             raise TransPruneError("the reference's schedule differs from the build's; construct it from the "
                                   "manifest's schedule")
@@ -48,7 +48,16 @@ class TorchGraphs:
 
     # one method per graph kind --------------------------------------------------------------
     def vision(self, graph, t):
-        return {"image_features": self.ref.image_features(t["pixel_values"])}
+        if not self.build.anyres:
+            return {"image_features": self.ref.image_features(t["pixel_values"])}
+        # LLaVA-NeXT: every tile's features, then each image token takes the row pack_index names
+        # (or the learned image_newline at -1); the chain's validation checks these plans end to
+        # end against transformers' own unpadding and packing
+        torch = self.torch
+        tiles = self.ref.tile_features(t["pixel_values"])
+        rows = torch.cat([tiles.flatten(0, 1), self.ref.model.model.image_newline[None].to(tiles.dtype)])
+        index = t["pack_index"]
+        return {"image_features": rows[torch.where(index < 0, rows.shape[0] - 1, index)]}
 
     def embed(self, graph, t):
         return {"embeddings": self.ref.lm.embed_tokens(t["input_ids"])}
@@ -61,7 +70,7 @@ class TorchGraphs:
         slots = (ids == self.build.image_token_id)[..., None]
         return {"hidden": t["embeddings"].masked_scatter(slots, t["image_features"]),
                 "position_ids": positions_from_mask(t["attention_mask"]),
-                "image_start": locate_image_span(ids, self.build.image_token_id, self.build.n_image)}
+                "image_start": locate_image_span(ids, self.build.image_token_id, t["image_features"].shape[1])}
 
     def segment(self, graph, t):
         from transprune.masks import additive_causal_mask
@@ -106,7 +115,7 @@ class TorchGraphs:
         rope = self.ref.lm.rotary_emb(hidden, t["position_ids"])
         mask = additive_causal_mask(key_mask, hidden.shape[1], hidden.dtype)
         hidden, key_mask, ttv_sum, record = self.ref.prune(scorer.after_segment, hidden, key_mask, image_start,
-                                                           alive, ttv_sum, rope, mask)
+                                                           alive, ttv_sum, rope, mask, keep=int(t["keep"]))
         out = {"hidden_out": hidden, "position_ids_out": positions_from_mask(key_mask),
                "attention_mask_out": key_mask, "kept": record.kept, "score": record.score}
         if scorer.uses_ttv:

@@ -98,16 +98,12 @@ def read_config(path: Path) -> dict:
 
 def _check_model_type(config: dict, path: Path) -> None:
     model_type = config.get("model_type")
-    if model_type == "llava":
+    if model_type in ("llava", "llava_next"):
         return
-    if model_type == "llava_next":
-        raise TransPruneError(
-            f"{path} is a LLaVA-NeXT checkpoint (model_type 'llava_next'); LLaVA-NeXT is not "
-            f"supported yet. Use a LLaVA-1.5 checkpoint (model_type 'llava')"
-        )
     raise TransPruneError(
         f"{path} holds a {model_type!r} model (config.json model_type); transprune needs a "
-        f"LlavaForConditionalGeneration checkpoint (model_type 'llava', llava-hf format)"
+        f"LlavaForConditionalGeneration or LlavaNextForConditionalGeneration checkpoint (model_type 'llava' "
+        f"or 'llava_next', llava-hf format)"
     )
 
 
@@ -153,11 +149,6 @@ def resolve_checkpoint(model: str, *, cache_dir: Path | None = None) -> tuple[Pa
             from .synthetic import ensure_synthetic_checkpoint
 
             return ensure_synthetic_checkpoint(model, cache_dir=cache_dir), preset
-        if preset.architecture != "llava":
-            raise TransPruneError(
-                f"preset {model!r} ({preset.hub_id}) is a LLaVA-NeXT model; LLaVA-NeXT is not "
-                f"supported yet"
-            )
         path = _from_hub_cache(preset.hub_id, f"preset {model!r}")
         _check_directory(path)
         return path, preset

@@ -158,6 +158,17 @@ class TransPruneReference:
             return torch.stack(list(features))
         return features.reshape(pixel_values.shape[0], -1, features.shape[-1])
 
+    def tile_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """LLaVA-NeXT tiles [T, 3, H, W] -> projected features [T, P, D] of each tile, CLS dropped: the
+        anyres path before transformers unpads and packs them (the exported vision graph's first part)."""
+        inner = self.model.model
+        out = inner.vision_tower(pixel_values.to(self.lm.embed_tokens.weight.dtype), output_hidden_states=True,
+                                 return_dict=True)
+        selected = out.hidden_states[self.config.vision_feature_layer]
+        if self.config.vision_feature_select_strategy == "default":
+            selected = selected[:, 1:]
+        return inner.multi_modal_projector(selected)
+
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, S, D] -> logits [B, V] of the last position (final norm + lm_head)."""
         return self.model.lm_head(self.lm.norm(hidden[:, -1:]))[:, -1]
@@ -188,15 +199,16 @@ class TransPruneReference:
         q, k = apply_rotary_pos_emb(q, k, *rope)
         return scoring.instruction_attention(q, k, mask, instruction, image_columns, attn.scaling)
 
-    def prune(self, stage, hidden, key_mask, image_start, alive, ttv_sum, rope, mask):
-        """Scores the alive image tokens after segment ``stage`` and keeps the top ones.
+    def prune(self, stage, hidden, key_mask, image_start, alive, ttv_sum, rope, mask, keep: int | None = None):
+        """Scores the alive image tokens after segment ``stage`` and keeps the top ``keep`` (default:
+        the schedule's count for this prefill's image).
 
         hidden [B, S, D], key_mask [B, S], image_start [B], alive [B, N] (original indices),
         ttv_sum [B, N] (TTV summed so far); rope and mask as the segment's last layer used them.
         Returns the compacted hidden [B, S', D], key_mask [B, S'], ttv_sum [B, keep] and the record.
         """
         last = self.segments[stage][1]
-        keep = self.keep_counts[stage]
+        keep = self.keep_counts[stage] if keep is None else keep
         n_alive = alive.shape[1]
         columns = image_start[:, None] + torch.arange(n_alive)
         ttv_part = scoring.normalise(ttv_sum) if self.schedule.uses_ttv else None

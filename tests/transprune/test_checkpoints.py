@@ -73,12 +73,15 @@ def test_not_a_llava_config(tmp_path):
         resolve_checkpoint(str(tmp_path))
 
 
-def test_llava_next_not_supported(tmp_path):
+def test_llava_next_directory_is_accepted_but_a_missing_hub_preset_is_named(tmp_path):
+    """LLaVA-NeXT is supported: its config passes the type check (the directory then fails on its
+    missing weights, not its type), and the 7B preset asks for the hub download."""
     _write_config(tmp_path, model_type="llava_next")
-    with pytest.raises(TransPruneError, match="LLaVA-NeXT is not supported yet"):
+    with pytest.raises(TransPruneError, match="has no weights") as err:
         resolve_checkpoint(str(tmp_path))
-    with pytest.raises(TransPruneError, match="LLaVA-NeXT is not supported yet"):
-        resolve_checkpoint("llava-next-7b")
+    assert "model_type" not in str(err.value)
+    with pytest.raises(TransPruneError, match="llava-hf/llava-v1.6-vicuna-7b-hf"):
+        resolve_checkpoint("llava-next-7b", cache_dir=tmp_path)
 
 
 def test_pickle_weights_refused(tmp_path):

@@ -88,7 +88,9 @@ def summary_table(manifest: dict) -> str:
         if graph["kind"] == "segment":
             runs = f"layers {graph['layers'][0]}-{graph['layers'][1]}"
         elif graph["kind"] == "scorer":
-            runs = f"keep {graph['attrs']['keep']} after layer {graph['attrs']['after_layer']}"
+            attrs = graph["attrs"]
+            keep = attrs["keep"] if attrs["keep"] is not None else f"{attrs['keep_ratio']:g}x"
+            runs = f"keep {keep} after layer {attrs['after_layer']}"
         else:
             runs = graph["kind"]
         errors = graphs_report.get(graph["name"], {}).get("max_error")
@@ -107,7 +109,12 @@ def summary_table(manifest: dict) -> str:
 def _report(manifest: dict, out: Path, seconds: float) -> str:
     lines = [summary_table(manifest), ""]
     total = sum(g["bytes"] for g in manifest["graphs"])
-    stages = " -> ".join(str(n) for n in [manifest["model"]["facts"]["n_image"], *manifest["keep_counts"]])
+    image_tokens, keep = manifest["limits"]["image_tokens"], manifest["keep_counts"]
+    if isinstance(keep, dict):  # anyres: each image keeps its share, between these extremes
+        stages = " / ".join(" -> ".join(map(str, [image_tokens[b], *keep[b]])) for b in ("min", "max")) + \
+            " (fewest / most per image)"
+    else:
+        stages = " -> ".join(str(n) for n in [image_tokens["min"], *keep])
     lines.append(f"{len(manifest['graphs'])} graphs, {_size(total)} ({manifest['dtype']}, opset {manifest['opset']}) "
                  f"in {out} after {seconds:.0f} s")
     flops = manifest["flops"]
@@ -116,6 +123,9 @@ def _report(manifest: dict, out: Path, seconds: float) -> str:
                  f"(paper convention), whole prompt with IGA {flops['whole_prompt_with_iga']['ratio']:.1%}")
     chain = (manifest.get("validation") or {}).get("chain")
     if chain:
+        if "images" in chain:
+            lines.append("chain checked on " + ", ".join(f"{w}x{h} ({tokens[0]} image tokens)" for (h, w), tokens in
+                         ((c["image_size"], c["image_tokens"]) for c in chain["images"])))
         verdict = ("kept indices and 16 greedy tokens identical to the PyTorch reference" if chain["exact"] else
                    f"{chain['tokens_identical']}/16 tokens identical, kept overlap "
                    f"{min(chain['kept_overlap']):.1%} (fp16)")

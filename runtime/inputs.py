@@ -1,0 +1,85 @@
+"""Images to the vision graph's feeds, for either kind of build. numpy + Pillow only.
+
+LLaVA-1.5 builds take one ``[3, H, W]`` picture per image and give a fixed number of image tokens.
+LLaVA-NeXT (anyres) builds take every tile of every image of the batch stacked on one axis plus a
+``pack_index`` that places each tile feature (or an ``image_newline``) at its image token, so the
+number of image tokens follows each image's size; the prompt's image slot is expanded to that
+count (``PreparedImages.image_tokens``) and the chain keeps ``int(n * ratio)`` of them per prune.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from transprune.errors import TransPruneError
+
+from .anyres import AnyresPreprocess, packing_plan, preprocess_anyres
+from .build import Build
+from .preprocess import ImagePreprocess, load_image, preprocess
+
+
+class MixedImageTokensError(TransPruneError):
+    """A LLaVA-NeXT batch whose images give different image-token counts (they cannot stack)."""
+
+
+@dataclass
+class PreparedImages:
+    pixel_values: np.ndarray  # float32 [B, 3, H, W], anyres: [T, 3, H, W] every image's tiles in order
+    pack_index: np.ndarray | None  # anyres: int64 [B, N] tile-feature row per image token, -1 = newline
+    image_tokens: list[int]  # per image: the tokens its slot in the prompt expands to
+    image_sizes: list[tuple[int, int]]  # per image: (height, width) as loaded (upright)
+    tiles: list[int]  # per image: pictures the vision tower sees (1 for LLaVA-1.5)
+
+    @property
+    def vision_feeds(self) -> dict:
+        feeds = {"pixel_values": self.pixel_values}
+        if self.pack_index is not None:
+            feeds["pack_index"] = self.pack_index
+        return feeds
+
+
+class ImageInputs:
+    """Prepares images for ``build`` exactly as the checkpoint's image processor would."""
+
+    def __init__(self, build: Build) -> None:
+        self.build = build
+        section = build.manifest["image_preprocess"]
+        if build.anyres:
+            self.anyres = AnyresPreprocess.from_dict(section)
+            self.patches_per_side = math.isqrt(build.tile_tokens)
+        else:
+            self.settings = ImagePreprocess.from_dict(section)
+
+    def count(self, image_size: tuple[int, int]) -> int:
+        """Image tokens an image of ``(height, width)`` gives in this build."""
+        return self.build.n_image if not self.build.anyres else len(self.plan(image_size))
+
+    def plan(self, image_size: tuple[int, int]) -> np.ndarray:
+        """Anyres: the packing plan of one image of ``(height, width)`` (rows of its own tiles' features)."""
+        return packing_plan(image_size, self.anyres, patches_per_side=self.patches_per_side)
+
+    def prepare(self, images: list) -> PreparedImages:
+        """``images``: paths, bytes or PIL images, one per prompt of the batch."""
+        loaded = [load_image(image) for image in images]
+        sizes = [(image.height, image.width) for image in loaded]
+        if not self.build.anyres:
+            pixels = preprocess(loaded, self.settings)
+            return PreparedImages(pixels, None, [self.build.n_image] * len(loaded), sizes, [1] * len(loaded))
+        tiles, plans, offset = [], [], 0
+        for image in loaded:
+            pixels, size = preprocess_anyres(image, self.anyres)
+            plan = self.plan(size)
+            # rows index the stack of all images' tile features: shift past the earlier images' tiles
+            plans.append(np.where(plan >= 0, plan + offset, -1))
+            offset += len(pixels) * self.build.tile_tokens
+            tiles.append(pixels)
+        counts = [len(plan) for plan in plans]
+        if len(set(counts)) > 1:
+            raise MixedImageTokensError(
+                f"the images of this batch give {counts} image tokens (LLaVA-NeXT's count follows each image's "
+                f"size); one batch needs equal counts, so run images of different sizes in separate batches")
+        self.build.check_image_tokens(counts[0])
+        return PreparedImages(np.concatenate(tiles), np.stack(plans), counts, sizes, [len(t) for t in tiles])
