@@ -8,6 +8,10 @@ min/opt/max shape follows from its axes. The ranges come from what the chain rea
   the previous prune's keep count after) plus the text tokens; its cache is empty (past = 0).
 - decode: one new token over a cache of the prompt that segment kept plus the tokens generated.
 - scorers run in prefill only; their ``keep`` is a shape-tensor *value* (TopK's K), fixed per scorer.
+- LLaVA-NeXT (anyres) builds: an image gives between ``limits.image_tokens.min`` and ``.max``
+  tokens, so every image count above is a range (opt: a 4:3 photo), the vision graph's ``tiles``
+  axis covers 1..max tiles per image, and a scorer's ``keep`` ranges over int(n * ratio) -- which
+  TensorRT's TopK needs below 3840.
 
 Profile 0 is prefill and profile 1 decode wherever a graph runs in both phases; the runtime picks
 them by name from the engine metadata, never by position.
@@ -25,6 +29,9 @@ from transprune.runtime.build import Build, GraphInfo
 OPT_BATCH = 1
 OPT_TEXT_TOKENS = 64
 OPT_NEW_TOKENS = 64
+# LLaVA-NeXT: the image size (height, width) to tune for, a 4:3 photo (2 x 2 tiles, 2 rows unpadded)
+OPT_IMAGE_SIZE = (480, 640)
+TOPK_K_LIMIT = 3840  # TensorRT's TopK: "K input must be less than 3840"
 
 PREFILL, DECODE = "prefill", "decode"
 
@@ -39,8 +46,13 @@ class Range:
         if not 0 <= self.min <= self.opt <= self.max:
             raise TransPruneError(f"invalid profile range min={self.min} opt={self.opt} max={self.max}")
 
-    def plus(self, n: int) -> "Range":
-        return Range(self.min + n, self.opt + n, self.max + n)
+    def plus(self, n: "int | Range") -> "Range":
+        other = n if isinstance(n, Range) else Range.fixed(n)
+        return Range(self.min + other.min, self.opt + other.opt, self.max + other.max)
+
+    def map(self, function) -> "Range":
+        """``function`` applied to each bound (it must be monotonic)."""
+        return Range(function(self.min), function(self.opt), function(self.max))
 
     @staticmethod
     def fixed(n: int) -> "Range":
@@ -99,15 +111,47 @@ def shape_limits(build: Build, *, max_batch: int = 1, max_text_tokens: int | Non
     if not isinstance(text, int) or not 1 <= text <= exported_text:
         raise TransPruneError(f"--max-text-tokens {text!r} must lie in 1..{exported_text} (the build was exported "
                               f"for at most {exported_text}; re-export with a larger --max-text-tokens for more)")
-    room = total - build.n_image - text
+    image = build.image_tokens[1]
+    room = total - image - text
     if room < 1:
-        raise TransPruneError(f"{build.n_image} image + {text} text tokens leave no room for an answer in "
+        raise TransPruneError(f"{image} image + {text} text tokens leave no room for an answer in "
                               f"{total} positions; lower --max-text-tokens")
     new = room if max_new_tokens is None else max_new_tokens
     if not isinstance(new, int) or not 1 <= new <= room:
         raise TransPruneError(f"--max-new-tokens {new!r} must lie in 1..{room} ({total} positions minus "
-                              f"{build.n_image} image and {text} text tokens)")
+                              f"{image} image and {text} text tokens)")
     return ShapeLimits(max_batch, text, new)
+
+
+def image_token_range(build: Build) -> Range:
+    """Image tokens of one image: fixed for LLaVA-1.5; for anyres from the fewest to the most, opt
+    at a 4:3 photo."""
+    if not build.anyres:
+        return Range.fixed(build.n_image)
+    from transprune.runtime.inputs import ImageInputs
+
+    low, high = build.image_tokens
+    return Range(low, min(max(low, ImageInputs(build).count(OPT_IMAGE_SIZE)), high), high)
+
+
+def alive_ranges(build: Build) -> list[Range]:
+    """Per segment: the image tokens alive when it runs in prefill (then what each scorer keeps)."""
+    image = image_token_range(build)
+    ranges = [image]
+    for index in range(len(build.segments) - 1):
+        ranges.append(image.map(lambda n, i=index: build.keep_counts_for(n)[i]))
+    return ranges
+
+
+def _vision_ranges(build: Build, batch: Range) -> dict[str, Range]:
+    if not build.anyres:
+        return {"batch": batch}
+    from transprune.runtime.anyres import num_tiles
+    from transprune.runtime.inputs import ImageInputs
+
+    settings = ImageInputs(build).anyres
+    tiles = Range(1, batch.opt * num_tiles(OPT_IMAGE_SIZE, settings), batch.max * settings.max_tiles)
+    return {"batch": batch, "tiles": tiles, "image": image_token_range(build)}
 
 
 def _axis_ranges(build: Build, graph: GraphInfo, phase: str, limits: ShapeLimits) -> dict[str, Range]:
@@ -116,11 +160,12 @@ def _axis_ranges(build: Build, graph: GraphInfo, phase: str, limits: ShapeLimits
     text = Range(1, min(OPT_TEXT_TOKENS, limits.max_text_tokens), limits.max_text_tokens)
     generated = Range(1, min(OPT_NEW_TOKENS, limits.max_new_tokens), limits.max_new_tokens)
     one = Range.fixed(1)
-    alive_before = {s.index: build.n_image - s.position_shift for s in build.segments}
+    alive_before = dict(enumerate(alive_ranges(build)))
     if graph.kind in ("vision",):
-        return {"batch": batch}
+        return _vision_ranges(build, batch)
     if graph.kind in ("embed", "prefill_inputs"):
-        return {"batch": batch, "seq": text.plus(build.n_image) if phase == PREFILL else one}
+        return {"batch": batch, "seq": text.plus(alive_before[0]) if phase == PREFILL else one,
+                "image": alive_before[0]}
     if graph.kind == "head":
         last = build.segments[-1]
         return {"batch": batch, "seq": text.plus(alive_before[last.index]) if phase == PREFILL else one}
@@ -131,12 +176,12 @@ def _axis_ranges(build: Build, graph: GraphInfo, phase: str, limits: ShapeLimits
             return {"batch": batch, "seq": seq, "past": Range.fixed(0), "total": seq}
         # the cache holds the prompt and every token generated before this one; opt: halfway
         # through a typical answer
-        past = Range(image + text.min, image + text.opt + generated.opt // 2,
-                     image + text.max + generated.max - 1)
+        past = Range(image.min + text.min, image.opt + text.opt + generated.opt // 2,
+                     image.max + text.max + generated.max - 1)
         return {"batch": batch, "seq": one, "past": past, "total": past.plus(1)}
     if graph.kind == "scorer":
         image = alive_before[next(s for s in build.segments if s.layers[1] == graph.attrs["after_layer"]).index]
-        return {"batch": batch, "seq": text.plus(image), "alive": Range.fixed(image)}
+        return {"batch": batch, "seq": text.plus(image), "alive": image}
     raise TransPruneError(f"graph {graph.name!r} has kind {graph.kind!r}, which has no TensorRT profile")
 
 
@@ -152,8 +197,8 @@ def graph_profiles(build: Build, graph: GraphInfo, limits: ShapeLimits) -> list[
         inputs = []
         for tensor in graph.inputs:
             if graph.kind == "scorer" and tensor.name == "keep":
-                keep = (int(graph.attrs["keep"]),)
-                inputs.append(InputProfile(tensor.name, keep, keep, keep, value=True))
+                keep = _keep_range(build, graph)
+                inputs.append(InputProfile(tensor.name, (keep.min,), (keep.opt,), (keep.max,), value=True))
                 continue
             try:
                 dims = [Range.fixed(a) if isinstance(a, int) else axes[a] for a in tensor.axes]
@@ -164,6 +209,16 @@ def graph_profiles(build: Build, graph: GraphInfo, limits: ShapeLimits) -> list[
                                        tuple(d.max for d in dims)))
         profiles.append(Profile(phase, tuple(inputs)))
     return profiles
+
+
+def _keep_range(build: Build, graph: GraphInfo) -> Range:
+    """The values of a scorer's ``keep``: its fixed count, or int(n * ratio) over the image range."""
+    stage = next(i for i, s in build.scorers.items() if s.name == graph.name)
+    keep = alive_ranges(build)[stage + 1]
+    if keep.max >= TOPK_K_LIMIT:
+        raise TransPruneError(f"{graph.name} keeps up to {keep.max} image tokens, but TensorRT's TopK needs K < "
+                              f"{TOPK_K_LIMIT}; lower the first keep ratio for TensorRT builds")
+    return keep
 
 
 def build_profiles(build: Build, limits: ShapeLimits) -> dict[str, list[Profile]]:
@@ -177,7 +232,8 @@ def kv_cache_bytes(build: Build, limits: ShapeLimits) -> int:
     segment_of = {layer: s for s in build.segments for layer in range(s.layers[0], s.layers[1] + 1)}
     layers = sorted(segment_of)
     segment = build.segments[0]
-    return kv_cache_bytes_for(image_tokens_per_layer=[build.n_image - segment_of[l].position_shift for l in layers],
+    alive = alive_ranges(build)
+    return kv_cache_bytes_for(image_tokens_per_layer=[alive[segment_of[l].index].max for l in layers],
                               kv_heads=segment.kv_heads, head_dim=segment.head_dim,
                               itemsize=4 if build.float_type.__name__ == "float32" else 2, limits=limits)
 

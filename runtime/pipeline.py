@@ -24,6 +24,7 @@ from .backend import Backend, open_backend
 from .build import Build
 from .chain import Chain
 from .inputs import ImageInputs
+from .preprocess import load_image
 from .prompt import PromptEncoder, PromptError, TextStream
 
 
@@ -74,17 +75,37 @@ class Pipeline:
                        temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                        raw_prompt: bool = False,
                        on_text: Callable[[int, str], None] | None = None) -> list[Generation]:
-        """Answers each (image, prompt) pair, all in one batch. Greedy unless ``temperature`` > 0
-        (then seeded top-p sampling). ``on_text(sample, piece)`` receives text as it is generated."""
-        run = self._run(images, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                        seed=seed, raw_prompt=raw_prompt, text_pieces=on_text is not None)
-        while True:
-            try:
-                sample, piece = next(run)
-            except StopIteration as done:
-                return done.value
-            if on_text is not None and piece:
-                on_text(sample, piece)
+        """Answers each (image, prompt) pair, in one batch. Greedy unless ``temperature`` > 0
+        (then seeded top-p sampling). ``on_text(sample, piece)`` receives text as it is generated.
+
+        LLaVA-NeXT images of different image-token counts cannot share a batch; they run as one batch
+        per count, in the order of their first image, and the results come back in the given order."""
+        groups = self._equal_count_groups(images)
+        results: list = [None] * len(images)
+        for group in groups:
+            run = self._run([images[i] for i in group], [prompts[i] for i in group] if len(prompts) == len(images)
+                            else prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            seed=seed, raw_prompt=raw_prompt, text_pieces=on_text is not None)
+            while True:
+                try:
+                    sample, piece = next(run)
+                except StopIteration as done:
+                    for index, result in zip(group, done.value):
+                        results[index] = result
+                    break
+                if on_text is not None and piece:
+                    on_text(group[sample], piece)
+        return results
+
+    def _equal_count_groups(self, images: list) -> list[list[int]]:
+        """Indices of ``images`` grouped by image-token count (one group unless anyres sizes differ)."""
+        if not self.build.anyres or len(images) < 2:
+            return [list(range(len(images)))]
+        groups: dict[int, list[int]] = {}
+        for index, image in enumerate(images):
+            loaded = load_image(image)
+            groups.setdefault(self.images.count((loaded.height, loaded.width)), []).append(index)
+        return list(groups.values())
 
     def stream(self, image, prompt: str, **options) -> Iterator[str]:
         """Yields the answer's text piece by piece as tokens are generated."""

@@ -54,7 +54,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import onnxruntime as ort
 
-SUPPORTED_SCHEMA = 2
+SUPPORTED_SCHEMA = 3
 # The manifest's top-level "dtype" names the model dtype; tensor specs say "float" for it.
 MODEL_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 SPEC_DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
@@ -142,6 +142,9 @@ def load_build(build_dir: Path, *, threads: int | None, verify: bool) -> tuple[d
     if manifest.get("schema_version") != SUPPORTED_SCHEMA:
         raise BuildError(f"manifest schema_version {manifest.get('schema_version')!r}; this host reads "
                          f"{SUPPORTED_SCHEMA}")
+    if manifest.get("model", {}).get("facts", {}).get("anyres"):
+        raise BuildError("this is a LLaVA-NeXT (anyres) build, whose image-token count follows each image; this "
+                         "host runs fixed-count LLaVA-1.5 builds only (run LLaVA-NeXT builds with transprune-run)")
     if manifest.get("dtype") not in MODEL_DTYPES:
         raise BuildError(f"manifest dtype {manifest.get('dtype')!r} is not one of {sorted(MODEL_DTYPES)}")
     # Check every path before opening any graph: nothing outside BUILD_DIR is ever read.

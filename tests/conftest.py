@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny synthetic checkpoint, built once per test session.
+"""Shared fixtures: the tiny synthetic checkpoints and their builds, made once per test session.
 
 ``paper_build`` is tiny exported with the paper schedule (about a minute, once per session).
 ``tiny_checkpoint`` is the directory of the ``tiny`` preset (built into a session temp cache, so
@@ -44,4 +44,24 @@ def paper_build(tmp_path_factory, tiny_checkpoint):
 
     out = tmp_path_factory.mktemp("builds") / "tiny-paper"
     manifest = export_model(model=str(tiny_checkpoint), out=out, schedule=preset("paper"))
+    return out, manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_next_model(transprune_cache):
+    """``LoadedModel`` of ``tiny-next`` (LLaVA-NeXT: anyres tiles on the 7B's grid pinpoints)."""
+    from transprune.checkpoints import load_llava
+
+    return load_llava("tiny-next", cache_dir=transprune_cache)
+
+
+@pytest.fixture(scope="session")
+def next_build(tmp_path_factory, transprune_cache):
+    """(build directory, manifest) of ``tiny-next`` exported with the paper schedule, validated
+    (about a minute and a half, once per session)."""
+    from transprune.export.exporter import export_model
+    from transprune.schedule import preset
+
+    out = tmp_path_factory.mktemp("builds") / "tiny-next-paper"
+    manifest = export_model(model="tiny-next", out=out, schedule=preset("paper"), cache_dir=transprune_cache)
     return out, manifest

@@ -14,16 +14,19 @@ def spec_build(tmp_path):
     from transprune.export.exporter import _concrete_dtypes, _limits
     from transprune.export.specs import ModelFacts, graph_specs
     from transprune.export.trt_targets import preset_parameters
-    from transprune.presets import model_preset
+    from transprune.presets import NEXT_GRID_PINPOINTS, model_preset
     from transprune.runtime.build import Build
 
     def make(name: str, schedule, *, dtype: str = "fp16", max_text_tokens: int = 1024):
         preset = model_preset(name)
         text = preset.text
+        anyres = preset.architecture == "llava-next"
+        tile_tokens = preset.vision.n_patches
         facts = ModelFacts(hidden_size=text.hidden_size, num_layers=text.num_layers,
                            num_kv_heads=text.num_kv_heads, head_dim=text.head_dim, vocab_size=text.vocab_size,
-                           image_size=preset.vision.image_size, n_image=preset.n_image_tokens, image_token_id=32000,
-                           eos_token_id=2, pad_token_id=32001)
+                           image_size=preset.vision.image_size, n_image=None if anyres else tile_tokens,
+                           image_token_id=32000, eos_token_id=2, pad_token_id=32001, anyres=anyres,
+                           tile_tokens=tile_tokens if anyres else None)
         specs = graph_specs(facts, schedule)
         width = {"fp32": 4, "fp16": 2}[dtype]
         graphs = []
@@ -33,9 +36,19 @@ def spec_build(tmp_path):
                          trt_lint={"ok": True, "errors": [], "warnings": []})
             graphs.append(entry)
         graphs[0]["bytes"] = preset_parameters(preset) * width  # all weights on one graph: only the sum is read
-        manifest = {"schema_version": 2, "model": {"id": name, "facts": facts.__dict__}, "dtype": dtype,
-                    "schedule": schedule.to_dict(), "graphs": graphs,
-                    "limits": _limits(max_text_tokens, n_image=facts.n_image,
+        image_tokens, image_preprocess = {"min": tile_tokens, "max": tile_tokens}, None
+        if anyres:  # LLaVA-NeXT's processor: 336 px tiles on its grid pinpoints, CLIP's normalisation
+            from transprune.runtime.anyres import AnyresPreprocess, image_feature_count
+
+            settings = AnyresPreprocess(grid_pinpoints=[list(p) for p in NEXT_GRID_PINPOINTS], tile_size=336,
+                                        base_image="resize_to_tile", resample=3, rescale_factor=1 / 255,
+                                        mean=[0.48145466, 0.4578275, 0.40821073],
+                                        std=[0.26862954, 0.26130258, 0.27577711], pad_colour=[0, 0, 0])
+            image_preprocess = settings.to_dict()
+            image_tokens["max"] = max(image_feature_count(tuple(p), settings) for p in NEXT_GRID_PINPOINTS)
+        manifest = {"schema_version": 3, "model": {"id": name, "facts": facts.__dict__}, "dtype": dtype,
+                    "schedule": schedule.to_dict(), "graphs": graphs, "image_preprocess": image_preprocess,
+                    "limits": _limits(max_text_tokens, image_tokens=image_tokens,
                                       max_positions=text.max_position_embeddings)}
         directory = tmp_path / f"{name}-{schedule.name}"
         directory.mkdir(exist_ok=True)

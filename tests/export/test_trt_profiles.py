@@ -137,3 +137,51 @@ def test_the_real_chain_feeds_fit_the_profiles_of_their_phase(paper_build):
                 assert len(got) == len(spec.min), (graph, phase, spec.name)
                 assert all(lo <= g <= hi for lo, g, hi in zip(spec.min, got, spec.max)), (graph, spec.name, got)
     assert len(feeds[("segment_2", "decode")]) == 2
+
+
+def test_llava_next_7b_profiles_cover_every_image_size(spec_build):
+    """LLaVA-NeXT: an image gives 576 (base tile only) .. 2928 (2 x 2 tiles filled) tokens, so every
+    image count is a range, tuned (opt) for a 640x480 photo: 5 tiles, 36 of 48 grid rows kept,
+    576 + 36 * 48 + 36 = 2340 tokens; each scorer's K is int(n * ratio) over that range."""
+    from transprune.export.trt_profiles import alive_ranges, image_token_range, kv_cache_bytes_for
+
+    build = spec_build("llava-next-7b", preset("paper"))
+    assert build.anyres and build.image_tokens == (576, 2928)
+    limits = shape_limits(build)
+    # 4096 positions - 2928 image - 1024 text tokens leave 144 for the answer
+    assert (limits.max_text_tokens, limits.max_new_tokens) == (1024, 144)
+    image = image_token_range(build)
+    assert (image.min, image.opt, image.max) == (576, 2340, 2928)
+    assert [(r.min, r.opt, r.max) for r in alive_ranges(build)] == [
+        (576, 2340, 2928), (504, 2047, 2562), (360, 1462, 1830), (72, 292, 366)]
+    profiles = build_profiles(build, limits)
+    assert _ranges(profiles, "vision", "prefill", "pixel_values") == (
+        (1, 3, 336, 336), (5, 3, 336, 336), (5, 3, 336, 336))
+    assert _ranges(profiles, "vision", "prefill", "pack_index") == ((1, 576), (1, 2340), (1, 2928))
+    assert _ranges(profiles, "prefill_inputs", "prefill", "image_features") == (
+        (1, 576, 4096), (1, 2340, 4096), (1, 2928, 4096))
+    assert _ranges(profiles, "embed", "prefill", "input_ids") == ((1, 577), (1, 2404), (1, 3952))
+    assert _ranges(profiles, "segment_1", "prefill", "hidden") == ((1, 505, 4096), (1, 2111, 4096),
+                                                                   (1, 3586, 4096))
+    # decode over the kept prompt plus the answer: 2562 + 1024 + 144 - 1 positions at most
+    assert _ranges(profiles, "segment_1", "decode", "past_key.8") == (
+        (1, 32, 505, 128), (1, 32, 2047 + 64 + 32, 128), (1, 32, 3729, 128))
+    assert _ranges(profiles, "scorer_0", "prefill", "alive") == ((1, 576), (1, 2340), (1, 2928))
+    for graph, keep in (("scorer_0", (504, 2047, 2562)), ("scorer_2", (72, 292, 366))):
+        spec = profiles[graph][0].input("keep")
+        assert spec.value and (spec.min, spec.opt, spec.max) == tuple((k,) for k in keep)
+    # the KV cache is sized for the largest image at every layer
+    per_layer = [2928] * 7 + [2562] * 2 + [1830] * 3 + [366] * 20
+    assert kv_cache_bytes(build, limits) == kv_cache_bytes_for(image_tokens_per_layer=per_layer, kv_heads=32,
+                                                               head_dim=128, itemsize=2, limits=limits)
+
+
+def test_llava_next_keep_beyond_tensorrt_topk_limit_is_refused(spec_build):
+    """With a 3 x 3 pinpoint (and 8192 positions) an image gives up to 5832 tokens; keeping 87.5% of them needs TopK's
+    K = 5103, above TensorRT's limit of 3840: the profile is refused with the fix."""
+    build = spec_build("llava-next-7b", preset("paper"))
+    build.manifest["image_preprocess"]["grid_pinpoints"].append([1008, 1008])
+    build.limits["image_tokens"]["max"] = 576 + 72 * 73
+    build.limits["max_total_tokens"] = 8192  # as if the model had the positions for it
+    with pytest.raises(TransPruneError, match="keeps up to 5103 .*K < 3840"):
+        build_profiles(build, shape_limits(build, max_text_tokens=16, max_new_tokens=8))

@@ -15,10 +15,8 @@ SIZES = ((480, 360), (300, 560), (1000, 330), (700, 700))
 
 
 @pytest.fixture(scope="module")
-def next_model(transprune_cache):
-    from transprune.checkpoints import load_llava
-
-    return load_llava("tiny-next", cache_dir=transprune_cache)
+def next_model(tiny_next_model):
+    return tiny_next_model
 
 
 def _inputs(loaded, size):

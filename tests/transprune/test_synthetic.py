@@ -212,11 +212,8 @@ def test_refuses_real_presets(tmp_path):
 
 def test_tiny_next_is_a_llava_next_checkpoint_with_anyres_token_counts(transprune_cache):
     """tiny-next loads through the one loading path as LlavaNextForConditionalGeneration; its
-    processor gives each aspect ratio its own image-token count, and the model generates with them.
-    Export refuses it clearly until LLaVA-NeXT export lands."""
+    processor gives each aspect ratio its own image-token count, and the model generates with them."""
     from transprune.checkpoints import load_llava
-    from transprune.export.exporter import export_model
-    from transprune.schedule import preset
 
     loaded = load_llava("tiny-next", cache_dir=transprune_cache)
     assert type(loaded.model).__name__ == "LlavaNextForConditionalGeneration"
@@ -230,6 +227,3 @@ def test_tiny_next_is_a_llava_next_checkpoint_with_anyres_token_counts(transprun
             out = loaded.model.generate(**inputs, max_new_tokens=2, do_sample=False)
         assert out.shape[1] == inputs["input_ids"].shape[1] + 2
     assert len(set(counts.values())) > 1 and all(576 < n < 3840 for n in counts.values()), counts
-    with pytest.raises(TransPruneError, match="exporting LLaVA-NeXT .* is not supported yet"):
-        export_model(model="tiny-next", out=transprune_cache / "next-build", schedule=preset("paper"),
-                     cache_dir=transprune_cache)

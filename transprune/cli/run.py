@@ -92,7 +92,7 @@ def run(args, out=None, err=None) -> dict:
         results = pipeline.generate_batch(images, prompts, max_new_tokens=args.max_new_tokens,
                                           temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                           raw_prompt=args.raw_prompt, on_text=show if streaming else None)
-        stages = pipeline.image_tokens
+    stages = results[0].image_tokens
     timings = results[0].timings
     if args.json:
         if len(results) == 1:
@@ -100,7 +100,7 @@ def run(args, out=None, err=None) -> dict:
         else:
             document = {"batch": [{k: v for k, v in r.to_dict().items() if k != "timings"} for r in results],
                         "timings": timings}
-        document.update(backend=args.backend, image_tokens=stages)
+        document.update(backend=args.backend)
         print(json.dumps(document), file=out)
         return document
     if streaming:

@@ -46,7 +46,7 @@ def test_ids_and_pixels_equal_the_hf_processor(pipelines, tiny_model, images):
     ours = ort.prompts.encode_batch(PROMPTS)
     np.testing.assert_array_equal(ours.input_ids, expected["input_ids"].numpy())
     np.testing.assert_array_equal(ours.attention_mask, expected["attention_mask"].numpy())
-    pixels = preprocess([load_image(i) for i in images[:3]], ort.image_preprocess)
+    pixels = preprocess([load_image(i) for i in images[:3]], ort.images.settings)
     assert np.array_equal(pixels, expected["pixel_values"].numpy())
 
 
@@ -174,7 +174,7 @@ def test_bound_caches_hold_what_plain_feeding_gives(paper_build, images):
     build = Build.open(paper_build[0])
     pipeline = Pipeline(build, OrtBackend(build))
     encoded = pipeline.prompts.encode_batch(["Hi", PROMPTS[1]])
-    pixels = preprocess(images[:2], pipeline.image_preprocess)
+    pixels = preprocess(images[:2], pipeline.images.settings)
     runs = []
     for backend in (pipeline.backend, PlainOrt(build)):
         chain = Chain(build, backend)
