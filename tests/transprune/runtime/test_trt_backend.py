@@ -207,8 +207,10 @@ def simulated_tensorrt(device: SimulatedDevice, engines: list) -> types.ModuleTy
 def engine_dir(paper_build, tmp_path_factory):
     """Simulated engines (JSON naming the ONNX graph and the profiles) for the tiny paper build,
     planned for batch <= 2, 64 text tokens, 12 new tokens, with real metadata beside them."""
-    build = Build.open(paper_build[0])
-    directory = tmp_path_factory.mktemp("engines")
+    return _simulated_engines(Build.open(paper_build[0]), tmp_path_factory.mktemp("engines"))
+
+
+def _simulated_engines(build: Build, directory):
     plan = make_plan(build, target=get_target("jetson-agx-orin"), precision="fp16",
                      limits=shape_limits(build, max_batch=2, max_text_tokens=64, max_new_tokens=12),
                      engine_dir=directory)
@@ -318,3 +320,27 @@ def test_gpu_real_engines_generate_like_onnxruntime(paper_build, tmp_path):
     with Pipeline(build, trt_backend.TrtBackend(build, engines=out)) as pipeline:
         got = pipeline.generate(image, prompt, max_new_tokens=8)
     assert got.kept == expected.kept and got.tokens == expected.tokens
+
+
+def test_simulated_gpu_llava_next_images_of_any_size_fit_one_engine_set(next_build, tmp_path, simulated):
+    """LLaVA-NeXT: one engine set serves images of every size (the profiles span 1..5 tiles and
+    576..2928 image tokens, each scorer's K the matching int(n * ratio)); generation equals
+    onnxruntime for a wide, a tall and a square image, the mixed batch running per count."""
+    from transprune.sample_image import sample_image
+
+    device, engines = simulated
+    build = Build.open(next_build[0])
+    directory = _simulated_engines(build, tmp_path / "engines")
+    images = [sample_image(width=640, height=480), sample_image(width=330, height=1000),
+              sample_image(width=700, height=700)]
+    prompts = ["What is shown here?"] * 3
+    with Pipeline(build, OrtBackend(build)) as reference:
+        expected = [reference.generate(image, prompt, max_new_tokens=4) for image, prompt in zip(images, prompts)]
+    with Pipeline(build, trt_backend.TrtBackend(build, engines=directory)) as pipeline:
+        got = pipeline.generate_batch(images, prompts, max_new_tokens=4)
+    assert [g.image_tokens for g in got] == [e.image_tokens for e in expected]
+    assert len({g.image_tokens[0] for g in got}) == 3 and max(g.image_tokens[0] for g in got) == 2928
+    assert [g.tokens for g in got] == [e.tokens for e in expected]
+    assert [g.kept for g in got] == [e.kept for e in expected]
+    by_graph = {e.spec["graph"]: e.contexts[0] for e in engines}
+    assert by_graph["vision"].profiles_run == [0, 0, 0] and by_graph["scorer_2"].profiles_run == [0, 0, 0]
