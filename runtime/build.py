@@ -156,6 +156,11 @@ class Build:
         if len(scorers) != len(segments) - 1:
             raise ManifestError(f"{directory}: {len(segments)} segments need {len(segments) - 1} scorers between "
                                 f"them, the manifest has {len(scorers)}; re-export the build")
+        schedule = Schedule.from_dict(manifest["schedule"])
+        for after, scorer in scorers.items():  # the chain reads keep counts from the schedule
+            if scorer.keep_ratio != schedule.ratios[after]:
+                raise ManifestError(f"{directory}: scorer {scorer.name!r} keeps {scorer.keep_ratio} of the image "
+                                    f"tokens, the schedule says {schedule.ratios[after]}; re-export the build")
         facts = manifest["model"]["facts"]
         anyres = bool(facts.get("anyres", False))
         image_tokens = manifest["limits"]["image_tokens"]
@@ -165,7 +170,7 @@ class Build:
                    float_type=FLOAT_TYPES[manifest["dtype"]], n_image=None if anyres else int(facts["n_image"]),
                    image_token_id=int(facts["image_token_id"]), eos_token_id=facts.get("eos_token_id"),
                    pad_token_id=facts.get("pad_token_id"), image_size=int(facts["image_size"]),
-                   limits=dict(manifest["limits"]), schedule=Schedule.from_dict(manifest["schedule"]),
+                   limits=dict(manifest["limits"]), schedule=schedule,
                    anyres=anyres, tile_tokens=int(facts["tile_tokens"]) if anyres else None)
 
     def graph(self, kind: str) -> GraphInfo:

@@ -2,7 +2,8 @@
 
 Runs the prompt through the build's chain (any runtime backend, no PyTorch needed) and writes a
 PNG with the input as the model saw it and one panel per prune stage: the score as a heatmap over
-the patches still in play, the pruned ones dimmed, titled with the token counts. ``--json`` also
+the patches still in play, the pruned ones dimmed, titled with the token counts. A LLaVA-NeXT
+build's panels show the base tile above the high-res canvas (drawn at half size). ``--json`` also
 writes every stage's per-token scores (combined, TTV and IGA parts) and kept indices.
 """
 

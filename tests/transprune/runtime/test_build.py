@@ -59,3 +59,30 @@ def test_a_missing_prompt_section_asks_for_a_re_export(paper_build):
     manifest = _changed(paper_build, lambda m: m.pop("prompt"))
     with pytest.raises(ManifestError, match="no 'prompt' section; re-export"):
         PromptEncoder(Build.from_manifest(paper_build[0], manifest))
+
+
+def test_a_scorer_ratio_that_contradicts_the_schedule_is_refused(paper_build):
+    """The chain reads keep counts from the schedule (int(n * ratio) per image for LLaVA-NeXT), so a
+    scorer recording another ratio means the manifest was edited or mixed up."""
+    def edit(manifest):
+        next(g for g in manifest["graphs"] if g["name"] == "scorer_1")["attrs"]["keep_ratio"] = 0.5
+
+    with pytest.raises(ManifestError, match="scorer 'scorer_1' keeps 0.5 .*schedule says 0.625; re-export"):
+        Build.from_manifest(paper_build[0], _changed(paper_build, edit))
+
+
+def test_a_fixed_count_build_whose_image_range_disagrees_is_refused(paper_build):
+    def edit(manifest):
+        manifest["limits"]["image_tokens"] = {"min": 576, "max": 2928}
+
+    with pytest.raises(ManifestError, match="malformed.*image_tokens"):
+        Build.from_manifest(paper_build[0], _changed(paper_build, edit))
+
+
+def test_the_next_build_reads_as_anyres(next_build):
+    build = Build.open(next_build[0])
+    assert build.anyres and build.n_image is None and build.tile_tokens == 576
+    assert build.image_tokens == (576, 2928)
+    assert [s.position_shift for s in build.segments] == [0, None, None, None]
+    assert [s.keep for s in build.scorers.values()] == [None] * 3
+    assert build.keep_counts_for(2340) == [2047, 1462, 292]

@@ -101,11 +101,17 @@ def test_pack_index_addresses_each_images_own_tiles(pipeline):
     assert np.array_equal(second[second >= 0], first[first >= 0] + tiles * 576)
 
 
-def test_explain_refuses_anyres_builds(pipeline):
+def test_explain_draws_anyres_builds(pipeline):
+    """transprune-explain covers each image's own token count: the base tile and the canvas it saw,
+    each stage's kept tokens those of the generation (test_explain_next.py checks the drawing)."""
     from transprune.runtime.explain import explain
 
-    with pytest.raises(TransPruneError, match="LLaVA-NeXT's tiles is not supported yet"):
-        explain(pipeline, sample_image(width=640, height=480), PROMPT)
+    image = sample_image(width=330, height=1000)
+    explanation = explain(pipeline, image, PROMPT, max_new_tokens=1)
+    generation = pipeline.generate(image, PROMPT, max_new_tokens=1)
+    assert explanation.n_image == generation.image_tokens[0]
+    assert [s.kept for s in explanation.stages] == generation.kept
+    assert [v.picture.shape for v in explanation.views] == [(336, 336, 3), (1008, 336, 3)]
 
 
 def test_run_cli_reports_each_images_counts(next_build, tmp_path, capsys):
