@@ -119,6 +119,10 @@ def stale_reason(out: Path, schedule, checkpoint: Path) -> str | None:
         manifest = json.loads(manifest_file.read_text())
     except (OSError, ValueError) as exc:
         return f"unreadable manifest ({exc})"
+    from transprune.runtime.manifest import SCHEMA_VERSION
+
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        return f"its manifest schema is {manifest.get('schema_version')}, this transprune writes {SCHEMA_VERSION}"
     if manifest.get("schedule") != schedule.to_dict():
         return f"its schedule is {manifest.get('schedule')}, not {schedule.to_dict()}"
     exported_from = (manifest.get("model") or {}).get("checkpoint")

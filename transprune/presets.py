@@ -1,8 +1,9 @@
 """Model presets by name: the facts transprune needs about each supported LLaVA model.
 
 Pure data, no torch. Hub ids are for users who download weights themselves; tests never do.
-``tiny`` and ``bench`` are synthetic: seeded random weights built offline by
-``transprune.synthetic`` (``tiny`` for tests, ``bench`` for CPU benchmarks only).
+``tiny``, ``tiny-next``, ``bench`` and ``bench-next`` are synthetic: seeded random weights built
+offline by ``transprune.synthetic`` (the tiny ones for tests, the bench ones for CPU benchmarks
+only).
 """
 
 from __future__ import annotations
@@ -108,6 +109,17 @@ PRESETS: dict[str, ModelPreset] = {
         vision=VisionSpec(image_size=336, patch_size=14, hidden_size=256, num_layers=4,
                           num_heads=4, intermediate_size=1024),
         n_image_tokens=576,
+    ),
+    # CPU benchmarks of LLaVA-NeXT only (never CI): NeXT's anyres geometry (up to 2928 image tokens
+    # per image), 32 layers, and text widths small enough that a ~3000-token prefill takes seconds
+    # on 2 cores; vision as bench.
+    "bench-next": ModelPreset(
+        name="bench-next", architecture="llava-next", synthetic=True, seed=8642,
+        text=TextSpec(hidden_size=512, num_layers=32, num_heads=8, num_kv_heads=8,
+                      intermediate_size=1376, vocab_size=32064, max_position_embeddings=4096),
+        vision=VisionSpec(image_size=336, patch_size=14, hidden_size=256, num_layers=4,
+                          num_heads=4, intermediate_size=1024),
+        n_image_tokens=2880,
     ),
 }
 

@@ -151,3 +151,7 @@ def test_a_build_from_an_older_exporter_is_not_reused(paper_build, tmp_path):
         graph["outputs"] = [t for t in graph["outputs"] if t["name"] not in ("ttv_score", "iga_score")]
     (older / "manifest.json").write_text(json.dumps(data))
     assert "an older exporter wrote it" in bench_runtime.stale_reason(older, preset("paper"), checkpoint)
+    data["schema_version"] = 2  # written before LLaVA-NeXT builds changed the manifest
+    (older / "manifest.json").write_text(json.dumps(data))
+    assert "manifest schema is 2, this transprune writes 3" in bench_runtime.stale_reason(older, preset("paper"),
+                                                                                         checkpoint)

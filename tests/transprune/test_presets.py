@@ -48,6 +48,13 @@ def test_presets_are_consistent():
     bench = model_preset("bench")
     assert bench.text.num_layers == 32 and bench.text.hidden_size >= 1024 and bench.n_image_tokens == 576
     assert model_preset("llava-next-7b").n_image_tokens == 2880
+    bench_next = model_preset("bench-next")
+    assert bench_next.synthetic and bench_next.architecture == "llava-next" and bench_next.n_image_tokens == 2880
+    assert bench_next.text.num_layers == 32 and bench_next.vision == bench.vision
+    # room for the largest anyres image (2928 image tokens) plus a prompt and an answer
+    assert bench_next.text.max_position_embeddings >= 4096
+    synthetic_seeds = [p.seed for p in PRESETS.values() if p.synthetic]
+    assert len(set(synthetic_seeds)) == len(synthetic_seeds)
 
 
 def test_bad_configs_and_names():
