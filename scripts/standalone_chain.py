@@ -7,13 +7,15 @@ Everything it needs comes from BUILD_DIR/manifest.json:
 
 * ``graphs``: the graphs in the order the chain runs them; per graph its ``kind``, ``file``,
   ``inputs`` / ``outputs`` (name, dtype, axes) and kind-specific ``attrs``;
-* ``model.facts.n_image`` (image tokens per picture) and ``model.facts.image_token_id``;
+* ``model.facts.n_image`` (image tokens per picture; null for LLaVA-NeXT, see below) and
+  ``model.facts.image_token_id``;
 * ``dtype``: the model dtype (fp32 or fp16); tensor specs name concrete types (float32, float16,
   int64).
 
 Usage:
     python scripts/standalone_chain.py BUILD_DIR --input-ids IDS.npy --attention-mask MASK.npy \
-        --pixel-values PIX.npy [--max-new-tokens 16] --out RESULT.json [--logits-out LOGITS.npy]
+        --pixel-values PIX.npy [--pack-index PACK.npy] [--max-new-tokens 16] --out RESULT.json \
+        [--logits-out LOGITS.npy]
 
 IDS/MASK are int64 [B, S], left-padded, each row holding exactly one run of n_image image tokens
 (what LlavaProcessor produces); PIX is float32 [B, 3, H, W], already normalised. Tokenising and
@@ -25,9 +27,18 @@ greedy (argmax, lowest id on ties) for exactly --max-new-tokens steps.
 RESULT.json: {"tokens": [[id, ...] per sample], "kept": [per prune stage: [[original image-token
 index, ...] ascending, per sample]], "max_abs_first_logit": float}.
 
+LLaVA-NeXT builds (``model.facts.anyres`` true) differ in three places, all visible in the manifest:
+PIX is float32 [T, 3, H, W], every tile of every image (each image's base tile, then its grid tiles
+row by row, image after image); PACK is int64 [B, N], per image token the row of the tiles' stacked
+features [T * tile_tokens, D] it takes, -1 for the learned newline (``transprune.runtime.anyres``
+computes tiles and plans from the image size; ``image_preprocess`` describes the tiling). N, the
+image's token count, follows the image's size, and every sample of a batch must have the same N.
+Each scorer's ``keep`` is then ``int(N * attrs.keep_ratio)`` (attrs.keep is null), and a segment's
+position shift is whatever the prunes before it removed (attrs.position_shift is null).
+
 The protocol, in short (graph names are the manifest's, shapes: B batch, S tokens):
 
-  prefill   vision(pixel_values) -> image_features
+  prefill   vision(pixel_values[, pack_index]) -> image_features
             embed(input_ids) -> embeddings
             prefill_inputs(embeddings, input_ids, attention_mask, image_features)
                 -> hidden, position_ids, image_start
@@ -142,9 +153,6 @@ def load_build(build_dir: Path, *, threads: int | None, verify: bool) -> tuple[d
     if manifest.get("schema_version") != SUPPORTED_SCHEMA:
         raise BuildError(f"manifest schema_version {manifest.get('schema_version')!r}; this host reads "
                          f"{SUPPORTED_SCHEMA}")
-    if manifest.get("model", {}).get("facts", {}).get("anyres"):
-        raise BuildError("this is a LLaVA-NeXT (anyres) build, whose image-token count follows each image; this "
-                         "host runs fixed-count LLaVA-1.5 builds only (run LLaVA-NeXT builds with transprune-run)")
     if manifest.get("dtype") not in MODEL_DTYPES:
         raise BuildError(f"manifest dtype {manifest.get('dtype')!r} is not one of {sorted(MODEL_DTYPES)}")
     # Check every path before opening any graph: nothing outside BUILD_DIR is ever read.
@@ -210,19 +218,33 @@ class Segment:
 class ChainHost:
     def __init__(self, manifest: dict, graphs: list[Graph]) -> None:
         facts = manifest["model"]["facts"]
-        self.n_image = int(facts["n_image"])
+        self.anyres = bool(facts.get("anyres", False))
+        # image tokens per picture: fixed for LLaVA-1.5; for LLaVA-NeXT set per prompt by pack_index
+        self.n_image = None if self.anyres else int(facts["n_image"])
+        low, high = manifest["limits"]["image_tokens"]["min"], manifest["limits"]["image_tokens"]["max"]
+        self.image_range = (int(low), int(high))
         self.image_token_id = int(facts["image_token_id"])
         self.graphs = graphs
         self.by_kind = {g.kind: g for g in graphs if g.kind in ("vision", "embed", "prefill_inputs", "head")}
         self.segments = [Segment(g) for g in graphs if g.kind == "segment"]
         self.next_position: np.ndarray | None = None
 
-    def check_inputs(self, input_ids, attention_mask, pixel_values) -> None:
+    def check_inputs(self, input_ids, attention_mask, pixel_values, pack_index=None) -> None:
         if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
             raise BuildError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must both be [B, S]")
         spec = self.by_kind["vision"].inputs["pixel_values"]["axes"]
         fixed = tuple(spec[1:])  # (3, image_size, image_size)
-        if pixel_values.shape[0] != input_ids.shape[0] or tuple(pixel_values.shape[1:]) != fixed:
+        if self.anyres:
+            if pack_index is None or pack_index.ndim != 2 or pack_index.shape[0] != input_ids.shape[0]:
+                raise BuildError("a LLaVA-NeXT build needs --pack-index, int64 [B, N]: per image token its tile "
+                                 "feature row, -1 for a newline")
+            low, high = self.image_range
+            if not low <= pack_index.shape[1] <= high:
+                raise BuildError(f"pack_index gives {pack_index.shape[1]} image tokens, outside the build's {low}..{high}")
+            self.n_image = pack_index.shape[1]
+            if tuple(pixel_values.shape[1:]) != fixed:
+                raise BuildError(f"pixel_values {pixel_values.shape} must be [tiles, {', '.join(map(str, fixed))}]")
+        elif pixel_values.shape[0] != input_ids.shape[0] or tuple(pixel_values.shape[1:]) != fixed:
             raise BuildError(f"pixel_values {pixel_values.shape} must be [B, {', '.join(map(str, fixed))}]")
         for b in range(input_ids.shape[0]):
             mask = attention_mask[b]
@@ -235,10 +257,13 @@ class ChainHost:
                 raise BuildError(f"sample {b}: needs exactly one contiguous run of {self.n_image} image tokens "
                                  f"(id {self.image_token_id}), found {len(where)}")
 
-    def prefill(self, input_ids, attention_mask, pixel_values):
+    def prefill(self, input_ids, attention_mask, pixel_values, pack_index=None):
         """-> (logits [B, V] of the last prompt position, kept indices per stage [B, keep])."""
         batch = input_ids.shape[0]
-        features = self.by_kind["vision"].run({"pixel_values": pixel_values})["image_features"]
+        vision_feeds = {"pixel_values": pixel_values}
+        if self.anyres:
+            vision_feeds["pack_index"] = pack_index
+        features = self.by_kind["vision"].run(vision_feeds)["image_features"]
         embeddings = self.by_kind["embed"].run({"input_ids": input_ids})["embeddings"]
         prepared = self.by_kind["prefill_inputs"].run({"embeddings": embeddings, "input_ids": input_ids,
                                                        "attention_mask": attention_mask,
@@ -265,8 +290,10 @@ class ChainHost:
             # a scorer: rank the alive image tokens after the previous segment and drop the worst
             feeds = {"hidden": hidden, "position_ids": positions, "attention_mask": mask,
                      "image_start": image_start, "alive": alive,
-                     # keep is a 0-d int64 input, its value fixed per scorer in the manifest
-                     "keep": np.array(graph.attrs["keep"], dtype=np.int64)}
+                     # keep is a 0-d int64 input: fixed per scorer in the manifest, or for LLaVA-NeXT
+                     # the schedule's share of this prompt's image tokens, int(n_image * ratio)
+                     "keep": np.array(graph.attrs["keep"] if graph.attrs["keep"] is not None else
+                                      int(self.n_image * graph.attrs["keep_ratio"]), dtype=np.int64)}
             if graph.attrs["uses_ttv"]:
                 feeds["ttv_sum"] = ttv_sum
                 # this segment's TTV [B, seq]; a segment without accumulation layers adds nothing
@@ -299,9 +326,9 @@ class ChainHost:
         self.next_position = self.next_position + 1
         return self.by_kind["head"].run({"hidden": hidden})["logits"]
 
-    def generate(self, input_ids, attention_mask, pixel_values, max_new_tokens: int) -> dict:
-        self.check_inputs(input_ids, attention_mask, pixel_values)
-        logits, kept = self.prefill(input_ids, attention_mask, pixel_values)
+    def generate(self, input_ids, attention_mask, pixel_values, max_new_tokens: int, pack_index=None) -> dict:
+        self.check_inputs(input_ids, attention_mask, pixel_values, pack_index)
+        logits, kept = self.prefill(input_ids, attention_mask, pixel_values, pack_index)
         step_logits = []  # the logits each token was picked from
         tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
         for step in range(max_new_tokens):
@@ -322,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("build_dir", type=Path)
     parser.add_argument("--input-ids", type=Path, required=True, help="int64 [B, S] .npy, left-padded")
     parser.add_argument("--attention-mask", type=Path, required=True, help="int64 [B, S] .npy")
-    parser.add_argument("--pixel-values", type=Path, required=True, help="float32 [B, 3, H, W] .npy")
+    parser.add_argument("--pixel-values", type=Path, required=True,
+                        help="float32 [B, 3, H, W] .npy (LLaVA-NeXT: [tiles, 3, H, W])")
+    parser.add_argument("--pack-index", type=Path, default=None,
+                        help="LLaVA-NeXT builds: int64 [B, N] .npy, per image token its tile-feature row (-1: newline)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     parser.add_argument("--skip-sha256", action="store_true", help="do not verify the graph files' sha256")
@@ -337,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         input_ids = np.load(args.input_ids, allow_pickle=False).astype(np.int64)
         attention_mask = np.load(args.attention_mask, allow_pickle=False).astype(np.int64)
         pixel_values = np.load(args.pixel_values, allow_pickle=False)
-        result = ChainHost(manifest, graphs).generate(input_ids, attention_mask, pixel_values, args.max_new_tokens)
+        pack_index = np.load(args.pack_index, allow_pickle=False).astype(np.int64) if args.pack_index else None
+        result = ChainHost(manifest, graphs).generate(input_ids, attention_mask, pixel_values, args.max_new_tokens,
+                                                      pack_index=pack_index)
     except BuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

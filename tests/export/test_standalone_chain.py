@@ -3,7 +3,7 @@
 The script runs in a subprocess whose import system refuses transprune, torch, transformers and
 the other export-side packages, and its greedy tokens and kept indices must equal the PyTorch
 reference's exactly (and every step's logits within 1e-4), for a left-padded batch of two prompts
-of different lengths.
+of different lengths -- LLaVA-1.5 and LLaVA-NeXT (tiles, a pack index, keep ratios) alike.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def run_standalone(build_dir: Path, inputs_dir: Path, out: Path, cwd: Path) -> s
             "--pixel-values", str(inputs_dir / "pixel_values.npy"),
             "--max-new-tokens", str(MAX_NEW_TOKENS), "--out", str(out),
             "--logits-out", str(out.with_suffix(".logits.npy"))]
+    if (inputs_dir / "pack_index.npy").is_file():
+        args += ["--pack-index", str(inputs_dir / "pack_index.npy")]
     return subprocess.run([sys.executable, "-I", "-c", BOOTSTRAP, json.dumps(BLOCKED), str(SCRIPT), *args],
                           capture_output=True, text=True, timeout=300, cwd=cwd)
 
@@ -133,3 +135,45 @@ def test_graph_file_outside_build_dir_is_refused(paper_build, two_prompts, tmp_p
     assert result.returncode != 0
     assert "escapes the build directory" in result.stderr, result.stderr
     assert not (tmp_path / "result.json").exists()
+
+
+def test_standalone_script_runs_llava_next_like_the_reference(next_build, tiny_next_model, tmp_path):
+    """LLaVA-NeXT: the processor's tiles (flattened to [tiles, 3, H, W]) and the runtime's pack
+    index for two same-size images with prompts of different lengths; tokens, kept indices (each
+    prune keeping int(n * ratio)) and every step's logits equal the reference's."""
+    from transprune.reference import TransPruneReference, encode_inputs
+    from transprune.runtime.build import Build
+    from transprune.runtime.inputs import ImageInputs
+    from transprune.sample_image import sample_image
+    from transprune.schedule import preset
+
+    build_dir, manifest = next_build
+    images = [sample_image(width=500, height=300), sample_image(width=500, height=300).transpose(0)]
+    inputs = encode_inputs(tiny_next_model.processor, images, PROMPTS)
+    prepared = ImageInputs(Build.open(build_dir)).prepare(images)
+    pixels = inputs["pixel_values"].numpy()  # [B, tiles, 3, H, W]: equal tile counts, nothing padded
+    assert pixels.shape[1] == prepared.tiles[0] == prepared.tiles[1]
+    np.save(tmp_path / "input_ids.npy", inputs["input_ids"].numpy())
+    np.save(tmp_path / "attention_mask.npy", inputs["attention_mask"].numpy())
+    np.save(tmp_path / "pixel_values.npy", pixels.reshape(-1, *pixels.shape[2:]))
+    np.save(tmp_path / "pack_index.npy", prepared.pack_index)
+
+    result = run_standalone(build_dir, tmp_path, tmp_path / "result.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert MARKER in result.stdout, result.stdout + result.stderr
+    ours = json.loads((tmp_path / "result.json").read_text())
+    reference = TransPruneReference(tiny_next_model.model, preset("paper")).generate(
+        inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+        max_new_tokens=MAX_NEW_TOKENS)
+    n = prepared.image_tokens[0]
+    assert [len(stage[0]) for stage in ours["kept"]] == [int(n * 0.875), int(n * 0.625), int(n * 0.125)]
+    for stage, (mine, theirs) in enumerate(zip(ours["kept"], reference.records)):
+        assert np.array_equal(np.array(mine, dtype=np.int64), theirs.kept.numpy()), f"stage {stage}"
+    assert ours["tokens"] == reference.tokens
+    logits = np.load(tmp_path / "result.logits.npy")
+    for step, theirs in enumerate(reference.step_logits):
+        assert np.abs(logits[step] - theirs.float().numpy()).max() < 1e-4, f"decode step {step}"
+    # without the pack index the host names what is missing
+    (tmp_path / "pack_index.npy").unlink()
+    result = run_standalone(build_dir, tmp_path, tmp_path / "again.json", cwd=tmp_path)
+    assert result.returncode != 0 and "needs --pack-index" in result.stderr, result.stderr
