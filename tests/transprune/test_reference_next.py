@@ -62,3 +62,21 @@ def test_a_batch_of_different_token_counts_is_refused(next_model):
     with pytest.raises(TransPruneError, match="a batch needs images with equal counts"):
         reference.prefill(inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
                           inputs["image_sizes"])
+
+
+def test_reference_cli_runs_llava_next_with_the_images_own_count(next_model, transprune_cache, tmp_path, monkeypatch,
+                                                                   capsys):
+    """transprune-reference --model tiny-next passes the image size through: a 480x360 image gives
+    its own token count, and each prune keeps int(n * ratio) of it."""
+    import json
+
+    from transprune.cli.reference import main
+
+    monkeypatch.setenv("TRANSPRUNE_CACHE", str(transprune_cache))
+    path = tmp_path / "photo.png"
+    sample_image(width=480, height=360).save(path)
+    assert main(["--model", "tiny-next", "--image", str(path), "--prompt", PROMPT, "--max-new-tokens", "2",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    n = result["input_ids"].count(next_model.model.config.image_token_id)
+    assert result["image_tokens"] == [n, int(n * 0.875), int(n * 0.625), int(n * 0.125)] and n == 2340

@@ -69,6 +69,7 @@ def run(args) -> dict:
         inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"],
         max_new_tokens=args.max_new_tokens, sampler=sampler,
         eos_token_id=loaded.processor.tokenizer.eos_token_id,
+        image_sizes=inputs.get("image_sizes"),  # LLaVA-NeXT: the image's size decides its tiles and tokens
     )
     elapsed = time.perf_counter() - started
     tokens = out.tokens[0]
