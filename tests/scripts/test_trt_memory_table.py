@@ -30,3 +30,17 @@ def test_llava_7b_table_refuses_the_8gb_nano_and_pruning_shrinks_the_cache(tmp_p
     assert none["kv_cache_gib"] == pytest.approx(32 * (576 + 640) * per_position / 2**30, abs=1e-3)
     assert "| jetson-orin-nano | 8 GB | fp16 |" in done.stdout and "no: 16-bit weights alone exceed it" in done.stdout
 
+
+
+def test_llava_next_caches_are_sized_for_the_largest_image(tmp_path):
+    """LLaVA-NeXT engines hold the largest image's tokens (2928: the 2 x 2 pinpoint filled), as
+    transprune-build's profiles do, not the paper's nominal 2880."""
+    out = tmp_path / "memory.json"
+    subprocess.run([sys.executable, str(SCRIPT), "--model", "llava-next-7b", "--text-tokens", "128",
+                    "--new-tokens", "512", "--out", str(out)], capture_output=True, text=True, check=True)
+    rows = {(r["target"], r["precision"]): r for r in json.loads(out.read_text())["rows"]}
+    paper, none = rows[("jetson-agx-orin", "fp16")]["paper"], rows[("jetson-agx-orin", "fp16")]["none"]
+    per_position = 2 * 2 * 32 * 128 * 2
+    kept = 7 * 2928 + 2 * int(2928 * 0.875) + 3 * int(2928 * 0.625) + 20 * int(2928 * 0.125)
+    assert paper["kv_cache_gib"] == pytest.approx((kept + 32 * 640) * per_position / 2**30, abs=1e-3)
+    assert none["kv_cache_gib"] == pytest.approx(32 * (2928 + 640) * per_position / 2**30, abs=1e-3)
