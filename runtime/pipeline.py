@@ -80,12 +80,13 @@ class Pipeline:
 
         LLaVA-NeXT images of different image-token counts cannot share a batch; they run as one batch
         per count, in the order of their first image, and the results come back in the given order."""
-        groups = self._equal_count_groups(images)
+        if len(images) != len(prompts) or not images:
+            raise PromptError(f"{len(images)} images and {len(prompts)} prompts: give one prompt per image")
         results: list = [None] * len(images)
-        for group in groups:
-            run = self._run([images[i] for i in group], [prompts[i] for i in group] if len(prompts) == len(images)
-                            else prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            seed=seed, raw_prompt=raw_prompt, text_pieces=on_text is not None)
+        for group in self._equal_count_groups(images):
+            run = self._run([images[i] for i in group], [prompts[i] for i in group], max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_p=top_p, seed=seed, raw_prompt=raw_prompt,
+                            text_pieces=on_text is not None)
             while True:
                 try:
                     sample, piece = next(run)

@@ -70,6 +70,9 @@ def test_bad_inputs_are_refused_with_the_fix(pipeline):
     from transprune.runtime.prompt import PromptError
 
     images = pipeline.images
+    with pytest.raises(PromptError, match="2 images and 1 prompts: give one prompt per image"):
+        pipeline.generate_batch([sample_image(width=640, height=480), sample_image(width=330, height=1000)],
+                                [PROMPT])
     with pytest.raises(MixedImageTokensError, match=r"give \[2340, \d+\] image tokens.*separate batches"):
         images.prepare([sample_image(width=640, height=480), sample_image(width=330, height=1000)])
     with pytest.raises(PromptError, match="pass image_tokens"):
