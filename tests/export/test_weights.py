@@ -58,3 +58,19 @@ def test_garbage_is_not_a_safetensors_file(tmp_path):
 def test_a_missing_tensor_is_named(tiny_checkpoint):
     with pytest.raises(TransPruneError, match="no tensor for 'text.layers.99.mlp.up_proj.weight'"):
         CheckpointWeights(tiny_checkpoint)["text.layers.99.mlp.up_proj.weight"]
+
+
+@pytest.mark.parametrize("name", ["image_newline", "model.image_newline"])
+def test_llava_next_newline_in_either_layout(name):
+    """llava-hf's original LLaVA-NeXT files name it at the top level, transformers 5 under model."""
+    assert canonical_name(name) == "image_newline"
+    assert canonical_name(f"{name}_extra") is None and canonical_name("model.vision_tower.image_newline") != \
+        "image_newline"
+
+
+def test_the_tiny_next_checkpoint_has_every_tensor_the_graphs_read(transprune_cache):
+    from transprune.synthetic import ensure_synthetic_checkpoint
+
+    weights = CheckpointWeights(ensure_synthetic_checkpoint("tiny-next", cache_dir=transprune_cache))
+    assert weights.describe("image_newline") == ((64,), "F32")
+    assert "projector.linear_2.weight" in weights and "text.layers.13.mlp.up_proj.weight" in weights
