@@ -143,7 +143,7 @@ def alive_ranges(build: Build) -> list[Range]:
     return ranges
 
 
-def _vision_ranges(build: Build, batch: Range) -> dict[str, Range]:
+def _vision_ranges(build: Build, batch: Range, image: Range) -> dict[str, Range]:
     if not build.anyres:
         return {"batch": batch}
     from transprune.runtime.anyres import num_tiles
@@ -151,26 +151,24 @@ def _vision_ranges(build: Build, batch: Range) -> dict[str, Range]:
 
     settings = ImageInputs(build).anyres
     tiles = Range(1, batch.opt * num_tiles(OPT_IMAGE_SIZE, settings), batch.max * settings.max_tiles)
-    return {"batch": batch, "tiles": tiles, "image": image_token_range(build)}
+    return {"batch": batch, "tiles": tiles, "image": image}
 
 
-def _axis_ranges(build: Build, graph: GraphInfo, phase: str, limits: ShapeLimits) -> dict[str, Range]:
-    """{axis name: range} for ``graph`` in ``phase``."""
+def _axis_ranges(build: Build, graph: GraphInfo, phase: str, limits: ShapeLimits,
+                 alive: list[Range]) -> dict[str, Range]:
+    """{axis name: range} for ``graph`` in ``phase``; ``alive``: ``alive_ranges(build)``."""
     batch = Range(1, min(OPT_BATCH, limits.max_batch), limits.max_batch)
     text = Range(1, min(OPT_TEXT_TOKENS, limits.max_text_tokens), limits.max_text_tokens)
     generated = Range(1, min(OPT_NEW_TOKENS, limits.max_new_tokens), limits.max_new_tokens)
     one = Range.fixed(1)
-    alive_before = dict(enumerate(alive_ranges(build)))
     if graph.kind in ("vision",):
-        return _vision_ranges(build, batch)
+        return _vision_ranges(build, batch, alive[0])
     if graph.kind in ("embed", "prefill_inputs"):
-        return {"batch": batch, "seq": text.plus(alive_before[0]) if phase == PREFILL else one,
-                "image": alive_before[0]}
+        return {"batch": batch, "seq": text.plus(alive[0]) if phase == PREFILL else one, "image": alive[0]}
     if graph.kind == "head":
-        last = build.segments[-1]
-        return {"batch": batch, "seq": text.plus(alive_before[last.index]) if phase == PREFILL else one}
+        return {"batch": batch, "seq": text.plus(alive[-1]) if phase == PREFILL else one}
     if graph.kind == "segment":
-        image = alive_before[_segment(build, graph).index]
+        image = alive[_segment(build, graph).index]
         if phase == PREFILL:
             seq = text.plus(image)
             return {"batch": batch, "seq": seq, "past": Range.fixed(0), "total": seq}
@@ -180,7 +178,7 @@ def _axis_ranges(build: Build, graph: GraphInfo, phase: str, limits: ShapeLimits
                      image.max + text.max + generated.max - 1)
         return {"batch": batch, "seq": one, "past": past, "total": past.plus(1)}
     if graph.kind == "scorer":
-        image = alive_before[next(s for s in build.segments if s.layers[1] == graph.attrs["after_layer"]).index]
+        image = alive[_stage(build, graph)]  # what the segment before it saw
         return {"batch": batch, "seq": text.plus(image), "alive": image}
     raise TransPruneError(f"graph {graph.name!r} has kind {graph.kind!r}, which has no TensorRT profile")
 
@@ -189,15 +187,21 @@ def _segment(build: Build, graph: GraphInfo):
     return next(s for s in build.segments if s.name == graph.name)
 
 
+def _stage(build: Build, graph: GraphInfo) -> int:
+    """A scorer's prune stage: the index of the segment it follows."""
+    return next(i for i, s in build.scorers.items() if s.name == graph.name)
+
+
 def graph_profiles(build: Build, graph: GraphInfo, limits: ShapeLimits) -> list[Profile]:
     """One profile per phase the graph runs in, in ``GraphInfo.phases`` order."""
     profiles = []
+    alive = alive_ranges(build)
     for phase in graph.phases:
-        axes = _axis_ranges(build, graph, phase, limits)
+        axes = _axis_ranges(build, graph, phase, limits, alive)
         inputs = []
         for tensor in graph.inputs:
             if graph.kind == "scorer" and tensor.name == "keep":
-                keep = _keep_range(build, graph)
+                keep = _keep_range(graph, alive[_stage(build, graph) + 1])
                 inputs.append(InputProfile(tensor.name, (keep.min,), (keep.opt,), (keep.max,), value=True))
                 continue
             try:
@@ -211,10 +215,9 @@ def graph_profiles(build: Build, graph: GraphInfo, limits: ShapeLimits) -> list[
     return profiles
 
 
-def _keep_range(build: Build, graph: GraphInfo) -> Range:
-    """The values of a scorer's ``keep``: its fixed count, or int(n * ratio) over the image range."""
-    stage = next(i for i, s in build.scorers.items() if s.name == graph.name)
-    keep = alive_ranges(build)[stage + 1]
+def _keep_range(graph: GraphInfo, keep: Range) -> Range:
+    """The values of a scorer's ``keep`` (its fixed count, or int(n * ratio) over the image range),
+    checked against TensorRT's TopK limit."""
     if keep.max >= TOPK_K_LIMIT:
         raise TransPruneError(f"{graph.name} keeps up to {keep.max} image tokens, but TensorRT's TopK needs K < "
                               f"{TOPK_K_LIMIT}; lower the first keep ratio for TensorRT builds")

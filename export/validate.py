@@ -148,16 +148,13 @@ class _CaseMaker:
     def anyres_vision(self):
         """Real packing plans (unpadded grids, newlines) of images of several shapes, random tiles."""
         from transprune.runtime.anyres import num_tiles
+        from transprune.runtime.inputs import stack_plans
 
-        settings = self.images.anyres
         for sizes in ANYRES_CASE_SIZES[:2], ANYRES_CASE_SIZES[2:3], ANYRES_CASE_SIZES[3:] * 2:
-            tiles = sum(num_tiles(size, settings) for size in sizes)
+            per_image = [num_tiles(size, self.images.anyres) for size in sizes]
+            tiles = sum(per_image)
             pixels = self.torch.randn(tiles, 3, self.image_size, self.image_size, generator=self.gen).numpy()
-            plans, offset = [], 0
-            for size in sizes:
-                plan = self.images.plan(size)
-                plans.append(np.where(plan >= 0, plan + offset, -1))
-                offset += num_tiles(size, settings) * self.build.tile_tokens
+            plans = stack_plans([self.images.plan(size) for size in sizes], per_image, self.build.tile_tokens)
             width = min(len(p) for p in plans)  # equal counts per batch: cut the longer plans
             yield _Case(f"{len(sizes)} images, {tiles} tiles, {width} image tokens",
                         {"pixel_values": pixels, "pack_index": np.stack([p[:width] for p in plans])})

@@ -35,8 +35,8 @@ transformers' processing of one image of size (height, width), as reproduced her
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
@@ -52,6 +52,7 @@ from transprune.runtime.preprocess import (
     _per_channel,
     _resample_value,
     _size_entries,
+    from_manifest_section,
     preprocess,
 )
 
@@ -141,18 +142,7 @@ class AnyresPreprocess:
     @classmethod
     def from_dict(cls, data) -> AnyresPreprocess:
         """The inverse of :meth:`to_dict`; refuses missing, unknown or mistyped fields."""
-        if not isinstance(data, Mapping):
-            raise TransPruneError(f"anyres preprocessing must be a JSON object, got {type(data).__name__}; "
-                                  f"re-export the build")
-        expected = [f.name for f in fields(cls)]
-        missing = [name for name in expected if name not in data]
-        unknown = sorted(set(data) - set(expected))
-        if missing:
-            raise TransPruneError(f"anyres preprocessing is missing field(s) {missing}; re-export the build")
-        if unknown:
-            raise TransPruneError(f"anyres preprocessing has unknown field(s) {unknown}; re-export the build "
-                                  f"with this version of transprune")
-        return cls(**{name: data[name] for name in expected})
+        return from_manifest_section(cls, data, "anyres preprocessing")
 
 
 def _pinpoints(value, tile: int) -> list[list[int]]:

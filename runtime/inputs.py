@@ -16,7 +16,7 @@ import numpy as np
 
 from transprune.errors import TransPruneError
 
-from .anyres import AnyresPreprocess, packing_plan, preprocess_anyres
+from .anyres import AnyresPreprocess, image_feature_count, packing_plan, preprocess_anyres
 from .build import Build
 from .preprocess import ImagePreprocess, load_image, preprocess
 
@@ -55,7 +55,9 @@ class ImageInputs:
 
     def count(self, image_size: tuple[int, int]) -> int:
         """Image tokens an image of ``(height, width)`` gives in this build."""
-        return self.build.n_image if not self.build.anyres else len(self.plan(image_size))
+        if not self.build.anyres:
+            return self.build.n_image
+        return image_feature_count(image_size, self.anyres, patches_per_side=self.patches_per_side)
 
     def plan(self, image_size: tuple[int, int]) -> np.ndarray:
         """Anyres: the packing plan of one image of ``(height, width)`` (rows of its own tiles' features)."""
@@ -68,14 +70,12 @@ class ImageInputs:
         if not self.build.anyres:
             pixels = preprocess(loaded, self.settings)
             return PreparedImages(pixels, None, [self.build.n_image] * len(loaded), sizes, [1] * len(loaded))
-        tiles, plans, offset = [], [], 0
+        tiles, plans = [], []
         for image in loaded:
             pixels, size = preprocess_anyres(image, self.anyres)
-            plan = self.plan(size)
-            # rows index the stack of all images' tile features: shift past the earlier images' tiles
-            plans.append(np.where(plan >= 0, plan + offset, -1))
-            offset += len(pixels) * self.build.tile_tokens
             tiles.append(pixels)
+            plans.append(self.plan(size))
+        plans = stack_plans(plans, [len(t) for t in tiles], self.build.tile_tokens)
         counts = [len(plan) for plan in plans]
         if len(set(counts)) > 1:
             raise MixedImageTokensError(
@@ -83,3 +83,14 @@ class ImageInputs:
                 f"size); one batch needs equal counts, so run images of different sizes in separate batches")
         self.build.check_image_tokens(counts[0])
         return PreparedImages(np.concatenate(tiles), np.stack(plans), counts, sizes, [len(t) for t in tiles])
+
+
+def stack_plans(plans: list[np.ndarray], tiles: list[int], tile_tokens: int) -> list[np.ndarray]:
+    """Each image's packing plan (rows of its own tiles' features) shifted to index the batch's
+    stack of every image's tile features, ``tiles[i]`` tiles of ``tile_tokens`` rows each, image
+    after image; newlines (-1) stay -1."""
+    shifted, offset = [], 0
+    for plan, count in zip(plans, tiles):
+        shifted.append(np.where(plan >= 0, plan + offset, -1))
+        offset += count * tile_tokens
+    return shifted

@@ -82,6 +82,9 @@ class Pipeline:
         per count, in the order of their first image, and the results come back in the given order."""
         if len(images) != len(prompts) or not images:
             raise PromptError(f"{len(images)} images and {len(prompts)} prompts: give one prompt per image")
+        if self.build.anyres and len(images) > 1:
+            # decoded once: grouping reads each image's size, preparing its pixels
+            images = [load_image(image) for image in images]
         results: list = [None] * len(images)
         for group in self._equal_count_groups(images):
             run = self._run([images[i] for i in group], [prompts[i] for i in group], max_new_tokens=max_new_tokens,
@@ -99,13 +102,13 @@ class Pipeline:
         return results
 
     def _equal_count_groups(self, images: list) -> list[list[int]]:
-        """Indices of ``images`` grouped by image-token count (one group unless anyres sizes differ)."""
+        """Indices of ``images`` grouped by image-token count (one group unless anyres sizes differ);
+        anyres batches arrive here as loaded (upright) images."""
         if not self.build.anyres or len(images) < 2:
             return [list(range(len(images)))]
         groups: dict[int, list[int]] = {}
         for index, image in enumerate(images):
-            loaded = load_image(image)
-            groups.setdefault(self.images.count((loaded.height, loaded.width)), []).append(index)
+            groups.setdefault(self.images.count((image.height, image.width)), []).append(index)
         return list(groups.values())
 
     def stream(self, image, prompt: str, **options) -> Iterator[str]:

@@ -198,18 +198,23 @@ class ImagePreprocess:
     @classmethod
     def from_dict(cls, data) -> ImagePreprocess:
         """The inverse of :meth:`to_dict`; refuses missing, unknown or mistyped fields."""
-        if not isinstance(data, Mapping):
-            raise TransPruneError(f"image preprocessing must be a JSON object, got {type(data).__name__}; "
-                                  f"re-export the build")
-        expected = [f.name for f in fields(cls)]
-        missing = [name for name in expected if name not in data]
-        unknown = sorted(set(data) - set(expected))
-        if missing:
-            raise TransPruneError(f"image preprocessing is missing field(s) {missing}; re-export the build")
-        if unknown:
-            raise TransPruneError(f"image preprocessing has unknown field(s) {unknown}; re-export the build "
-                                  f"with this version of transprune")
-        return cls(**{name: data[name] for name in expected})
+        return from_manifest_section(cls, data, "image preprocessing")
+
+
+def from_manifest_section(cls, data, what: str):
+    """``cls(**data)`` for a dataclass read from a manifest section called ``what``: refuses a
+    non-object and missing or unknown fields (the class's own checks then refuse bad values)."""
+    if not isinstance(data, Mapping):
+        raise TransPruneError(f"{what} must be a JSON object, got {type(data).__name__}; re-export the build")
+    expected = [f.name for f in fields(cls)]
+    missing = [name for name in expected if name not in data]
+    unknown = sorted(set(data) - set(expected))
+    if missing:
+        raise TransPruneError(f"{what} is missing field(s) {missing}; re-export the build")
+    if unknown:
+        raise TransPruneError(f"{what} has unknown field(s) {unknown}; re-export the build with this version of "
+                              f"transprune")
+    return cls(**{name: data[name] for name in expected})
 
 
 def _is_int(value) -> bool:

@@ -250,35 +250,18 @@ def _llava_config(preset: ModelPreset, *, text_init: float, vision_init: float):
         projection_dim=v.hidden_size,
         initializer_range=vision_init,
     )
+    common = dict(vision_config=vision, text_config=text, image_seq_length=v.n_patches, projector_hidden_act="gelu",
+                  vision_feature_select_strategy="default", vision_feature_layer=v.feature_layer,
+                  tie_word_embeddings=False)
     if preset.architecture == "llava-next":
         from transformers import LlavaNextConfig
 
         from .presets import NEXT_GRID_PINPOINTS
 
-        return LlavaNextConfig(
-            vision_config=vision,
-            text_config=text,
-            image_token_index=ids[IMAGE],
-            image_seq_length=v.n_patches,
-            projector_hidden_act="gelu",
-            vision_feature_select_strategy="default",
-            vision_feature_layer=v.feature_layer,
-            image_grid_pinpoints=[list(p) for p in NEXT_GRID_PINPOINTS],
-            tie_word_embeddings=False,
-        )
-    return LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=ids[IMAGE],
-        image_seq_length=v.n_patches,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=v.feature_layer,
-        tie_word_embeddings=False,
-        bos_token_id=ids[BOS],
-        eos_token_id=ids[EOS],
-        pad_token_id=ids[PAD],
-    )
+        return LlavaNextConfig(**common, image_token_index=ids[IMAGE],
+                               image_grid_pinpoints=[list(p) for p in NEXT_GRID_PINPOINTS])
+    return LlavaConfig(**common, image_token_id=ids[IMAGE], bos_token_id=ids[BOS], eos_token_id=ids[EOS],
+                       pad_token_id=ids[PAD])
 
 
 def _processor(tokenizer, preset: ModelPreset):
