@@ -74,15 +74,33 @@ def _onnxruntime(build: Build, **options) -> Backend:
 
 
 def _tensorrt(build: Build, **options) -> Backend:
-    from .trt_backend import TrtBackend
+    from .tensorrt.backend import TrtBackend
 
     return TrtBackend(build, **options)
 
 
-def _torch(build: Build, **options) -> Backend:
-    from .torch_backend import TorchBackend
+class ReferenceBackend(Backend):
+    """``--backend torch``: the build's graphs computed by the PyTorch reference
+    (``transprune.graph_reference``, in the core), loaded from the checkpoint the build was
+    exported from (or ``checkpoint``), in fp32. The runtime holds no torch code of its own."""
 
-    return TorchBackend(build, **options)
+    name = "torch"
+
+    def __init__(self, build: Build, *, checkpoint=None, threads: int | None = None) -> None:
+        try:
+            from transprune.graph_reference import open_reference_graphs
+        except ImportError:
+            raise TransPruneError("the torch backend needs PyTorch and transformers (pip install "
+                                  "'transprune[export]'); the onnxruntime backend needs neither") from None
+        super().__init__(build)
+        self.graphs = open_reference_graphs(build, checkpoint=checkpoint, threads=threads)
+
+    def run(self, graph: str, feeds: dict) -> dict:
+        return self.graphs.run(graph, feeds)
+
+
+def _torch(build: Build, **options) -> Backend:
+    return ReferenceBackend(build, **options)
 
 
 BACKENDS: dict[str, Callable[..., Backend]] = {"onnxruntime": _onnxruntime, "tensorrt": _tensorrt, "torch": _torch}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TransPruneError
+from .family import family_of_model_type
 from .presets import PRESETS, ModelPreset, preset_from_hf_config
 
 __all__ = ["LoadedModel", "hf_hub_cache_dir", "load_llava", "read_config", "resolve_checkpoint"]
@@ -97,14 +98,7 @@ def read_config(path: Path) -> dict:
 
 
 def _check_model_type(config: dict, path: Path) -> None:
-    model_type = config.get("model_type")
-    if model_type in ("llava", "llava_next"):
-        return
-    raise TransPruneError(
-        f"{path} holds a {model_type!r} model (config.json model_type); transprune needs a "
-        f"LlavaForConditionalGeneration or LlavaNextForConditionalGeneration checkpoint (model_type 'llava' "
-        f"or 'llava_next', llava-hf format)"
-    )
+    family_of_model_type(config.get("model_type"), where=str(path))
 
 
 def _check_weights(path: Path) -> None:
@@ -201,7 +195,7 @@ def load_llava(
 ) -> LoadedModel:
     """Resolve ``model`` (see ``resolve_checkpoint``) and load model and processor from its directory."""
     from safetensors import SafetensorError
-    from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+    from transformers import AutoProcessor
 
     from .synthetic import quiet_progress_bars
 
@@ -209,9 +203,7 @@ def load_llava(
     torch_dtype = _torch_dtype(dtype)
     try:
         with quiet_progress_bars():
-            model_class = LlavaNextForConditionalGeneration if preset.architecture == "llava-next" else \
-                LlavaForConditionalGeneration
-            llava, info = model_class.from_pretrained(
+            llava, info = preset.family.transformers_class("model").from_pretrained(
                 path,
                 dtype=torch_dtype,
                 local_files_only=True,

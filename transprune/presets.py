@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .errors import TransPruneError
+from .family import ModelFamily, family_named, family_of_model_type
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class ModelPreset:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def family(self) -> ModelFamily:
+        return family_named(self.architecture)
 
 
 _VICUNA_7B = TextSpec(hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=32,
@@ -167,7 +172,7 @@ def preset_from_hf_config(config: dict, name: str) -> ModelPreset:
             f"supports a single feature layer (LLaVA-1.5 uses -2)"
         )
     try:
-        arch = "llava-next" if config.get("model_type") == "llava_next" else "llava"
+        family = family_of_model_type(config.get("model_type"), where=name)
         vspec = VisionSpec(
             image_size=vision["image_size"], patch_size=vision["patch_size"],
             hidden_size=vision["hidden_size"], num_layers=vision["num_hidden_layers"],
@@ -187,5 +192,5 @@ def preset_from_hf_config(config: dict, name: str) -> ModelPreset:
             f"{name}: config.json is not a LLaVA config (missing {exc}); transprune supports "
             f"LlavaForConditionalGeneration checkpoints in the llava-hf format"
         ) from None
-    n_image = vspec.n_patches * (5 if arch == "llava-next" else 1)
-    return ModelPreset(name=name, architecture=arch, text=tspec, vision=vspec, n_image_tokens=n_image)
+    n_image = vspec.n_patches * (5 if family.anyres else 1)
+    return ModelPreset(name=name, architecture=family.name, text=tspec, vision=vspec, n_image_tokens=n_image)

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from .errors import TransPruneError
+from .family import family_of
 from .generation import decode_loop
 from .masks import additive_causal_mask, positions_from_mask
 from .sampling import Sampler
@@ -113,13 +114,11 @@ class TransPruneReference:
     """Prefill with progressive pruning and decoding over per-segment KV caches."""
 
     def __init__(self, model, schedule: Schedule) -> None:
-        model_type = getattr(model.config, "model_type", "llava")
-        if model_type not in ("llava", "llava_next"):
-            raise TransPruneError(f"the reference runs LLaVA-1.5 and LLaVA-NeXT models, not {type(model).__name__}")
+        family = family_of(model.config)
         # LLaVA-NeXT: the image-token count depends on each image's size (anyres tiles), so it and
         # the keep counts are set per prefill from the prompt (n_image / keep_counts below are
         # those of the last prefill); LLaVA-1.5 always has one grid of patches.
-        self.anyres = model_type == "llava_next"
+        self.anyres = family.anyres
         self.model = model
         self.config = model.config
         self.lm = model.model.language_model

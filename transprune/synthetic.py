@@ -253,7 +253,7 @@ def _llava_config(preset: ModelPreset, *, text_init: float, vision_init: float):
     common = dict(vision_config=vision, text_config=text, image_seq_length=v.n_patches, projector_hidden_act="gelu",
                   vision_feature_select_strategy="default", vision_feature_layer=v.feature_layer,
                   tie_word_embeddings=False)
-    if preset.architecture == "llava-next":
+    if preset.family.anyres:
         from transformers import LlavaNextConfig
 
         from .presets import NEXT_GRID_PINPOINTS
@@ -277,7 +277,7 @@ def _processor(tokenizer, preset: ModelPreset):
     image_settings = dict(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                           resample=PILImageResampling.BICUBIC, do_center_crop=True, do_normalize=True,
                           image_mean=list(OPENAI_CLIP_MEAN), image_std=list(OPENAI_CLIP_STD))
-    if preset.architecture == "llava-next":
+    if preset.family.anyres:
         image_processor = LlavaNextImageProcessorPil(
             image_grid_pinpoints=[list(p) for p in NEXT_GRID_PINPOINTS], do_pad=True, **image_settings)
         processor_class = LlavaNextProcessor
@@ -297,13 +297,9 @@ def _processor(tokenizer, preset: ModelPreset):
 def _random_model(preset: ModelPreset, *, text_init: float, vision_init: float):
     """The seeded random-weight model (fp32, eval mode)."""
     import torch
-    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
-
     config = _llava_config(preset, text_init=text_init, vision_init=vision_init)
     torch.manual_seed(preset.seed)
-    model_class = LlavaNextForConditionalGeneration if preset.architecture == "llava-next" else \
-        LlavaForConditionalGeneration
-    model = model_class(config).to(torch.float32)
+    model = preset.family.transformers_class("model")(config).to(torch.float32)
     return model.eval()
 
 

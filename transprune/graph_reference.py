@@ -1,31 +1,38 @@
-"""The torch backend: every graph of a build computed by the PyTorch reference, for comparisons.
+"""Every graph of a build computed by the PyTorch reference: the oracle of export validation and
+the engine behind ``--backend torch``.
 
-``TorchGraphs`` answers ``run(graph, feeds)`` with transformers' own modules driven through
-``transprune.reference.TransPruneReference`` -- the same computation the exported graph was
-traced from, in fp32. The exporter's validation compares each ONNX graph against it, and
-``--backend torch`` runs the runtime's chain on it. Only this module (and only when chosen)
-imports torch.
+``ReferenceGraphs.run(graph, feeds)`` answers numpy feeds with numpy outputs, computed by
+transformers' own modules driven through ``transprune.reference.TransPruneReference`` -- the
+same computation each exported graph was traced from, in fp32. There is one method per graph
+kind, named after the kind; the exporter's graph-kind registry (``transprune.export.kinds``)
+points each kind at its method, and ``run`` finds it by the graph's kind.
+
+It reads a build through the attributes the runtime's ``Build`` has (segments, scorers, graph
+kinds) without importing the runtime: the core imports neither the runtime nor the exporter.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 
-from transprune.errors import TransPruneError
+from .errors import TransPruneError
+from .masks import additive_causal_mask, positions_from_mask
+from .reference import SegmentKVCache, TransPruneReference, locate_image_span
+from .schedule import Schedule
 
-from .backend import Backend
-from .build import Build
+# compute(graphs, graph name, {input: tensor}) -> {output: tensor}
+Compute = Callable[["ReferenceGraphs", str, dict], dict]
 
 
-class TorchGraphs:
+class ReferenceGraphs:
     """``run(graph name, numpy feeds) -> numpy outputs`` for every graph of ``build``."""
 
-    def __init__(self, reference, build: Build) -> None:
-        import torch
-
-        self.torch, self.ref, self.build = torch, reference, build
+    def __init__(self, reference: TransPruneReference, build) -> None:
+        self.ref, self.build = reference, build
         if reference.schedule.to_dict() != build.schedule.to_dict() or \
                 [tuple(s) for s in reference.segments] != [s.layers for s in build.segments]:
             raise TransPruneError("the reference's schedule differs from the build's; construct it from the "
@@ -33,27 +40,27 @@ class TorchGraphs:
         self.segment_of = {s.name: s for s in build.segments}
         self.scorer_of = {s.name: s for s in build.scorers.values()}
 
-    def run(self, graph: str, feeds: dict) -> dict:
-        kind = self.build.graphs[graph].kind
-        torch = self.torch
-        tensors = {k: self._tensor(v) for k, v in feeds.items()}
+    def run(self, graph: str, feeds: dict, compute: Compute | None = None) -> dict:
+        """Runs ``graph`` on numpy ``feeds``; ``compute`` defaults to the method named after its kind."""
+        if compute is None:
+            method = getattr(type(self), self.build.graphs[graph].kind, None)
+            if method is None:
+                raise TransPruneError(f"graph {graph!r} has kind {self.build.graphs[graph].kind!r}, which the "
+                                      f"PyTorch reference does not compute")
+            compute = method
+        tensors = {k: _tensor(v) for k, v in feeds.items()}
         with torch.no_grad():
-            out = getattr(self, kind)(graph, tensors)
+            out = compute(self, graph, tensors)
         return {k: v.detach().float().numpy() if v.is_floating_point() else v.detach().numpy()
                 for k, v in out.items()}
 
-    def _tensor(self, value):
-        t = self.torch.from_numpy(np.ascontiguousarray(value))
-        return t.float() if t.is_floating_point() else t
-
-    # one method per graph kind --------------------------------------------------------------
+    # one method per graph kind ------------------------------------------------------------------
     def vision(self, graph, t):
         if not self.build.anyres:
             return {"image_features": self.ref.image_features(t["pixel_values"])}
         # LLaVA-NeXT: every tile's features, then each image token takes the row pack_index names
         # (or the learned image_newline at -1); the chain's validation checks these plans end to
         # end against transformers' own unpadding and packing
-        torch = self.torch
         tiles = self.ref.tile_features(t["pixel_values"])
         rows = torch.cat([tiles.flatten(0, 1), self.ref.model.model.image_newline[None].to(tiles.dtype)])
         index = t["pack_index"]
@@ -63,9 +70,6 @@ class TorchGraphs:
         return {"embeddings": self.ref.lm.embed_tokens(t["input_ids"])}
 
     def prefill_inputs(self, graph, t):
-        from transprune.masks import positions_from_mask
-        from transprune.reference import locate_image_span
-
         ids = t["input_ids"]
         slots = (ids == self.build.image_token_id)[..., None]
         return {"hidden": t["embeddings"].masked_scatter(slots, t["image_features"]),
@@ -73,17 +77,16 @@ class TorchGraphs:
                 "image_start": locate_image_span(ids, self.build.image_token_id, t["image_features"].shape[1])}
 
     def segment(self, graph, t):
-        from transprune.masks import additive_causal_mask
-        from transprune.reference import SegmentKVCache
-
         segment, ref = self.segment_of[graph], self.ref
         first, last = segment.layers
         hidden, key_mask = t["hidden"], t["attention_mask"]
         seq = hidden.shape[1]
         past = key_mask.shape[1] - seq
         cache = SegmentKVCache(ref.num_layers)
-        for layer in range(first, last + 1):
-            key, value = t[f"past_key.{layer}"], t[f"past_value.{layer}"]
+        # the segment's cache pairs in layer order, key then value (the manifest's ``kv``)
+        pairs = list(zip(segment.kv[0::2], segment.kv[1::2]))
+        for layer, ((past_key, _), (past_value, _)) in zip(range(first, last + 1), pairs):
+            key, value = t[past_key], t[past_value]
             if key.shape[2] != past:
                 raise TransPruneError(f"{graph}: past length {key.shape[2]} but the mask covers {past} past positions")
             if past:
@@ -98,16 +101,14 @@ class TorchGraphs:
             if layer_ttv is not None:
                 ttv = layer_ttv if ttv is None else ttv + layer_ttv
         out = {"hidden_out": hidden}
-        for layer in range(first, last + 1):
-            out[f"present_key.{layer}"], out[f"present_value.{layer}"] = cache.keys[layer - 1], cache.values[layer - 1]
+        for layer, ((_, present_key), (_, present_value)) in zip(range(first, last + 1), pairs):
+            out[present_key], out[present_value] = cache.keys[layer - 1], cache.values[layer - 1]
         if segment.has_ttv:
             out["ttv"] = ttv
         return out
 
     def scorer(self, graph, t):
-        from transprune.masks import additive_causal_mask, positions_from_mask
-
-        torch, scorer = self.torch, self.scorer_of[graph]
+        scorer = self.scorer_of[graph]
         hidden, key_mask, image_start, alive = t["hidden"], t["attention_mask"], t["image_start"], t["alive"]
         ttv_sum = t["ttv_sum"] if scorer.uses_ttv else torch.zeros(alive.shape)
         if scorer.uses_ttv:  # this segment's TTV of the alive image tokens joins the running sum
@@ -128,39 +129,29 @@ class TorchGraphs:
         return {"logits": self.ref.head(t["hidden"])}
 
 
-class TorchBackend(Backend):
-    """The build's graphs computed by the PyTorch reference, loaded from the checkpoint the build
-    was exported from (or ``checkpoint``), in fp32."""
+def _tensor(value) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(value))
+    return t.float() if t.is_floating_point() else t
 
-    name = "torch"
 
-    def __init__(self, build: Build, *, checkpoint: str | Path | None = None, threads: int | None = None) -> None:
-        try:
-            import torch
-        except ImportError:
-            raise TransPruneError("the torch backend needs PyTorch and transformers (pip install "
-                                  "'transprune[export]'); the onnxruntime backend needs neither") from None
-        from transprune.checkpoints import load_llava
-        from transprune.export.builder import model_facts
-        from transprune.reference import TransPruneReference
-        from transprune.schedule import Schedule
+def open_reference_graphs(build, *, checkpoint: str | Path | None = None,
+                          threads: int | None = None) -> ReferenceGraphs:
+    """The reference for ``build``, loaded from the checkpoint it was exported from (or
+    ``checkpoint``), checked to be that model (its facts equal the manifest's)."""
+    from .checkpoints import load_llava
+    from .family import model_facts
 
-        super().__init__(build)
-        if threads:
-            torch.set_num_threads(threads)
-        model = build.manifest["model"]
-        source = str(checkpoint) if checkpoint else model.get("checkpoint") or model["id"]
-        if not checkpoint and model.get("checkpoint") and not Path(model["checkpoint"]).is_dir():
-            source = model["id"]  # the build was copied away from its checkpoint: try the model name
-        loaded = load_llava(source)
-        facts = model_facts(loaded.model.config).__dict__
-        differ = sorted(k for k, v in model["facts"].items() if facts.get(k) != v)
-        if differ:
-            raise TransPruneError(f"checkpoint {source} is not the model this build was exported from ({', '.join(differ)} "
-                                  f"differ); pass the right one with --checkpoint")
-        self.source = source
-        reference = TransPruneReference(loaded.model, Schedule.from_dict(build.manifest["schedule"]))
-        self.graphs = TorchGraphs(reference, build)
-
-    def run(self, graph: str, feeds: dict) -> dict:
-        return self.graphs.run(graph, feeds)
+    if threads:
+        torch.set_num_threads(threads)
+    model = build.manifest["model"]
+    source = str(checkpoint) if checkpoint else model.get("checkpoint") or model["id"]
+    if not checkpoint and model.get("checkpoint") and not Path(model["checkpoint"]).is_dir():
+        source = model["id"]  # the build was copied away from its checkpoint: try the model name
+    loaded = load_llava(source)
+    facts = model_facts(loaded.model.config).__dict__
+    differ = sorted(k for k, v in model["facts"].items() if facts.get(k) != v)
+    if differ:
+        raise TransPruneError(f"checkpoint {source} is not the model this build was exported from "
+                              f"({', '.join(differ)} differ); pass the right one with --checkpoint")
+    reference = TransPruneReference(loaded.model, Schedule.from_dict(build.manifest["schedule"]))
+    return ReferenceGraphs(reference, build)
