@@ -40,19 +40,20 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
                  cache_dir: Path | None = None, progress: Progress | None = None) -> dict:
     """Exports ``model`` pruned by ``schedule`` into ``out``; returns the manifest written there."""
     import torch
-    import transformers
 
     from transprune.checkpoints import resolve_checkpoint
     from transprune.flops import flops_report
     from transprune.runtime.build import Build
     from transprune.sample_image import sample_image
 
-    from .builder import MetaWeights, build_module, model_facts
-    from .onnx_writer import example_inputs, export_graph
+    from transprune.family import model_facts
+
+    from .kinds import graph_specs, kind_of
+    from .kinds.base import Examples
+    from .onnx_writer import export_graph
     from .processor import TOKENIZER_FILE, check_processor, export_processor, load_processor
-    from .specs import graph_specs
-    from .trt_lint import lint_model
-    from .weights import CheckpointWeights
+    from .tensorrt.lint import lint_model
+    from .weights import CheckpointWeights, MetaWeights
 
     out = Path(out)
     if dtype not in DTYPES:
@@ -66,8 +67,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
         raise TransPruneError(f"{out} is a non-empty directory that is not a transprune build; refusing to "
                               f"replace it even with --force (choose another --out)")
     checkpoint, preset = resolve_checkpoint(model, cache_dir=cache_dir)
-    config_class = transformers.LlavaNextConfig if preset.architecture == "llava-next" else transformers.LlavaConfig
-    config = config_class.from_pretrained(checkpoint, local_files_only=True)
+    config = preset.family.transformers_class("config").from_pretrained(checkpoint, local_files_only=True)
     facts = model_facts(config)
     processor = load_processor(checkpoint)
     image_tokens = _image_token_range(facts, processor)
@@ -82,18 +82,20 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     needed = _estimated_bytes(checkpoint_weights, dtype)
     _check_free_space(out.parent, needed)
 
+    examples = Examples(weights.dtype, n_image=facts.n_image, image_token_id=facts.image_token_id)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     steps = len(specs) + (1 if validate else 0)
     try:
         entries = []
         for number, spec in enumerate(specs, 1):
             started = time.perf_counter()
+            kind = kind_of(spec.kind)
             if progress:
-                progress(number, steps, _describe(spec))
-            module, variadic_from = build_module(spec, weights, config, schedule)
-            args = example_inputs(spec, weights.dtype, n_image=facts.n_image, image_token_id=facts.image_token_id)
+                progress(number, steps, kind.describe(spec))
+            module = kind.module(spec, weights, config)
+            args = examples.inputs(kind, spec)
             path = staging / f"{spec.name}.onnx"
-            export_graph(module, spec, path, args=args, opset=opset, weights=weights, variadic_from=variadic_from)
+            export_graph(module, spec, path, args=args, opset=opset, weights=weights)
             del module
             files = sorted(p.name for p in staging.glob(f"{spec.name}.onnx*"))
             lint = lint_model(path, name=spec.name)
@@ -103,7 +105,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
                             "sha256": {name: sha256(staging / name) for name in files},
                             "bytes": sum((staging / name).stat().st_size for name in files),
                             "export_seconds": round(time.perf_counter() - started, 2)})
-        inputs_sections = export_processor(processor, staging)
+        inputs_sections = export_processor(processor, staging, anyres=facts.anyres)
         processor_files = {TOKENIZER_FILE: sha256(staging / TOKENIZER_FILE)}
         for name in _PROCESSOR_FILES:
             if (checkpoint / name).is_file():
@@ -161,23 +163,15 @@ def _concrete_dtypes(entry: dict, model_dtype: str) -> dict:
     return entry
 
 
-def _describe(spec) -> str:
-    if spec.kind == "segment":
-        return f"{spec.name} (layers {spec.layers[0]}-{spec.layers[1]})"
-    if spec.kind == "scorer":
-        keep = spec.attrs["keep"]
-        return f"{spec.name} (after layer {spec.attrs['after_layer']}, keep " + (
-            f"{keep})" if keep is not None else f"{spec.attrs['keep_ratio']:g} of each image's tokens)")
-    return spec.name
-
-
 def _image_token_range(facts, processor) -> dict:
     """{"min", "max"} image tokens one image gives: fixed for LLaVA-1.5; for anyres from one base
     tile alone (an image so thin that unpadding drops every grid row) to the largest grid pinpoint
     filled edge to edge (unpadding only ever removes rows or columns)."""
     if not facts.anyres:
         return {"min": facts.n_image, "max": facts.n_image}
-    from transprune.runtime.anyres import AnyresPreprocess, describe_anyres_processor, image_feature_count
+    from transprune.runtime.anyres import AnyresPreprocess, image_feature_count
+
+    from .processor_settings import describe_anyres_processor
 
     settings = AnyresPreprocess.from_dict(describe_anyres_processor(processor.image_processor))
     side = math.isqrt(facts.tile_tokens)

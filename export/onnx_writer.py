@@ -3,66 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import warnings
 from pathlib import Path
 
 import torch
 
-from .builder import MetaWeights
-from .specs import GraphSpec, TensorSpec
+from .specs import GraphSpec
+from .weights import MetaWeights
 
-# Concrete sizes for tracing. Distinct values above 1 so torch.export keeps every named axis
-# symbolic instead of specialising it (0/1 and equal sizes get specialised).
-EXAMPLE_SIZES = {"batch": 2, "seq": 37, "past": 5, "total": 42, "alive": 23, "tiles": 3, "image": 29}
 AXIS_RANGES = {"batch": (1, 64), "seq": (1, 8192), "past": (0, 8192), "total": (1, 16384), "alive": (1, 8192),
                "tiles": (1, 320), "image": (1, 8192)}
 EXTERNAL_DATA_BYTES = 1 << 30  # graphs with more weights than this keep them in a .data file
 
 
-def _dtype(spec: TensorSpec, model_dtype: torch.dtype) -> torch.dtype:
-    return {"float": model_dtype, "float32": torch.float32, "int64": torch.int64}[spec.dtype]
+def dynamic_shapes(spec: GraphSpec, module: torch.nn.Module):
+    """torch.export's dynamic shapes for ``module.forward`` fed the spec's inputs in order.
 
-
-def example_inputs(spec: GraphSpec, model_dtype: torch.dtype, *, n_image: int | None, image_token_id: int) -> tuple:
-    """Plausible example tensors (the scorer needs a consistent image span and keep count).
-    ``n_image`` None: the image-token count is the dynamic ``image`` axis (anyres builds)."""
-    gen = torch.Generator().manual_seed(0)
-    n_image = n_image or EXAMPLE_SIZES["image"]
-    values = []
-    for tensor in spec.inputs:
-        shape = [EXAMPLE_SIZES[a] if isinstance(a, str) else a for a in tensor.axes]
-        dtype = _dtype(tensor, model_dtype)
-        if tensor.name == "keep":
-            values.append(torch.tensor(EXAMPLE_SIZES["alive"] // 2, dtype=torch.int64))
-        elif tensor.name == "image_start":
-            values.append(torch.tensor([3, 4][: shape[0]], dtype=torch.int64))
-        elif tensor.name == "alive":
-            values.append(torch.arange(shape[1]).expand(shape[0], -1).contiguous())
-        elif tensor.name == "pack_index":  # rows of the tiles' features, -1 for a newline
-            rows = EXAMPLE_SIZES["tiles"] * spec.attrs["tile_tokens"]
-            values.append(torch.randint(-1, rows, shape, generator=gen))
-        elif tensor.name == "attention_mask":
-            values.append(torch.ones(shape, dtype=torch.int64))
-        elif tensor.name == "position_ids":
-            values.append(torch.arange(shape[1]).expand(shape[0], -1).contiguous())
-        elif tensor.name == "input_ids":
-            ids = torch.randint(5, 50, shape, generator=gen)
-            ids[:, 3 : 3 + n_image] = image_token_id
-            values.append(ids)
-        elif dtype == torch.int64:
-            values.append(torch.zeros(shape, dtype=torch.int64))
-        else:
-            values.append(torch.randn(shape, generator=gen).to(dtype))
-    if spec.kind == "prefill_inputs":  # the prompt must hold a whole image span
-        seq = n_image + 12
-        values = [v[:, :1].expand(-1, seq, *v.shape[2:]).contiguous() if i < 3 else v for i, v in enumerate(values)]
-        values[1] = torch.randint(5, 50, (values[1].shape[0], seq), generator=gen)
-        values[1][:, 3 : 3 + n_image] = image_token_id
-    return tuple(values)
-
-
-def dynamic_shapes(spec: GraphSpec, *, variadic_from: int | None = None):
+    A forward names its first inputs and may take the rest as ``*args`` (a segment's caches, a
+    scorer's optional TTV inputs): its named parameters must be the spec's first inputs, so a
+    spec and its module cannot drift apart silently.
+    """
     dims = {}
 
     def dim(name: str):
@@ -71,9 +33,16 @@ def dynamic_shapes(spec: GraphSpec, *, variadic_from: int | None = None):
             dims[name] = torch.export.Dim(name.replace(".", "_"), min=low, max=high)
         return dims[name]
 
+    parameters = list(inspect.signature(module.forward).parameters.values())
+    named = [p.name for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD]
+    variadic = any(p.kind == p.VAR_POSITIONAL for p in parameters)
+    spec_names = [t.name for t in spec.inputs]
+    if spec_names[:len(named)] != named or (not variadic and len(named) != len(spec_names)):
+        raise ValueError(f"{spec.name}: {type(module).__name__}.forward takes {named}{' + *args' if variadic else ''} "
+                         f"but the spec's inputs are {spec_names}")
     shapes = [{i: dim(a) for i, a in enumerate(t.axes) if isinstance(a, str)} for t in spec.inputs]
-    if variadic_from is not None and len(shapes) > variadic_from:  # forward(a, b, *rest): rest is one tuple
-        shapes = [*shapes[:variadic_from], tuple(shapes[variadic_from:])]
+    if variadic:  # forward(a, b, *rest): rest is one tuple
+        shapes = [*shapes[:len(named)], tuple(shapes[len(named):])]
     return tuple(shapes)
 
 
@@ -90,7 +59,7 @@ def _quiet(*loggers: str):
 
 
 def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: tuple, opset: int,
-                 weights: MetaWeights, variadic_from: int | None = None) -> int:
+                 weights: MetaWeights) -> int:
     """Writes ``path`` (and ``path.data`` for large graphs); returns the bytes of weights written.
 
     ``module`` is built on shape-only ``meta`` weights, so tracing holds no weights at all. Every
@@ -110,7 +79,7 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: 
         program = torch.onnx.export(
             module, meta_args, dynamo=True, opset_version=opset, optimize=False, verbose=False,
             input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
-            dynamic_shapes=dynamic_shapes(spec, variadic_from=variadic_from),
+            dynamic_shapes=dynamic_shapes(spec, module),
         )
     if program is None:
         raise RuntimeError(f"torch.onnx.export returned nothing for {spec.name}")

@@ -3,7 +3,8 @@
 The runtime has neither transformers nor Jinja, so the exporter, which has both, reduces the
 checkpoint's processor to plain data: the tokenizer as transformers loads it (``tokenizer.json``),
 the chat template rendered around a placeholder (``before`` + prompt + ``after``), and the image
-processor's settings (``transprune.runtime.preprocess.ImagePreprocess``). It then checks the
+processor's settings (``transprune.runtime.preprocess.ImagePreprocess``, made by
+:mod:`.processor_settings`). It then checks the
 reduction: the runtime's ids and pixels for a sample must equal the processor's exactly.
 """
 
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from transprune.errors import TransPruneError
+
+from .processor_settings import describe_anyres_processor, describe_image_processor
 
 TOKENIZER_FILE = "tokenizer.json"
 # stands for the user's prompt while the template renders; no template contains it
@@ -33,25 +36,18 @@ def load_processor(checkpoint: Path):
                               f"{exc}") from None
 
 
-def export_processor(processor, out: Path) -> dict:
+def export_processor(processor, out: Path, *, anyres: bool) -> dict:
     """Writes ``tokenizer.json`` into ``out``; returns the manifest's ``prompt`` and
     ``image_preprocess`` sections (LLaVA-NeXT: the anyres tiling description)."""
-    from transprune.runtime.anyres import describe_anyres_processor
-    from transprune.runtime.preprocess import describe_image_processor
-
     tokenizer = processor.tokenizer
     tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
     image_token = processor.image_token
     prompt = {"tokenizer": TOKENIZER_FILE, "image_token": image_token, "chat": _rendered_template(processor)}
-    if _is_anyres(processor):
+    if anyres:  # the model family's decision (ModelFacts.anyres), not a guess from the processor
         image = describe_anyres_processor(processor.image_processor)
     else:
         image = describe_image_processor(processor.image_processor).to_dict()
     return {"prompt": prompt, "image_preprocess": image}
-
-
-def _is_anyres(processor) -> bool:
-    return getattr(processor.image_processor, "image_grid_pinpoints", None) is not None
 
 
 def check_processor(processor, build, sample_image) -> None:

@@ -12,7 +12,6 @@ Two levels, both on by default:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,6 @@ TOLERANCE = {"fp32": 5e-4, "fp16": 3e-2}
 # states it keeps only a few significant bits, so fp16 builds check it loosely; what matters for
 # them is the kept-token overlap, which is checked separately.
 TTV_TOLERANCE_FP16 = 0.2
-# LLaVA-NeXT images (height, width) for graph cases: landscape, portrait, square, very wide
-ANYRES_CASE_SIZES = ((300, 520), (640, 360), (500, 500), (120, 900))
 # LLaVA-NeXT chain checks: the sample image resized to (width, height) of different aspect ratios
 ANYRES_CHAIN_SIZES = ((448, 224), (240, 600), (400, 400))
 
@@ -44,41 +41,44 @@ class GraphMismatch(ValidationError):
                          f"reference exceeds {tolerance:.3g}; the export of this graph is wrong")
 
 
-@dataclass
-class _Case:
-    label: str
-    feeds: dict  # numpy inputs of the graph (model-dtype floats already cast)
-    rows: dict | None = None  # output name prefix -> [B, T] bool: compare only these tokens (real, not padding)
-    outputs: tuple | None = None  # compare only these outputs (None: all)
-
-
 def validate_graphs(manifest: dict, *, build, loaded, schedule, run) -> dict:
-    """Checks every graph at three sizes; returns {graph: {"cases": [...], "max_error": {output: e}}}."""
-    import torch
+    """Checks every graph at three sizes; returns {graph: {"cases": [...], "max_error": {output: e}}}.
 
+    Each graph's cases and reference computation come from its kind in the registry
+    (``export/kinds``)."""
+    from transprune.graph_reference import ReferenceGraphs
     from transprune.reference import TransPruneReference
-    from transprune.runtime.torch_backend import TorchGraphs
+
+    from .kinds import kind_of
+    from .kinds.base import CaseMaker
+    from .kinds.vision import ANYRES_CASE_SIZES
 
     dtype = manifest["dtype"]
-    reference = TorchGraphs(TransPruneReference(loaded.model, schedule), build)
-    cases = _CaseMaker(build, np.float16 if dtype == "fp16" else np.float32)
+    reference = ReferenceGraphs(TransPruneReference(loaded.model, schedule), build)
+    if build.anyres:  # the image-token count of a real image in landscape (2 x 1 tiles, unpadded rows)
+        from transprune.runtime.inputs import ImageInputs
+
+        n_image = ImageInputs(build).count(ANYRES_CASE_SIZES[0])
+    else:
+        n_image = build.n_image
+    cases = CaseMaker(build, np.float16 if dtype == "fp16" else np.float32, n_image=n_image)
     report = {}
-    with torch.no_grad():
-        for graph in manifest["graphs"]:
-            errors: dict[str, float] = {}
-            labels = []
-            for case in getattr(cases, graph["kind"])(graph["name"]):
-                got = run(graph["name"], case.feeds)
-                expected = reference.run(graph["name"], case.feeds)
-                for output in case.outputs or expected:
-                    error = _compare(graph, output, case, got[output], expected[output], dtype)
-                    errors[output] = max(errors.get(output, 0.0), error)
-                labels.append(case.label)
-            report[graph["name"]] = {"cases": labels, "max_error": errors}
+    for graph in manifest["graphs"]:
+        kind = kind_of(graph["kind"])
+        errors: dict[str, float] = {}
+        labels = []
+        for case in kind.validation_cases(build.graphs[graph["name"]], cases):
+            got = run(graph["name"], case.feeds)
+            expected = reference.run(graph["name"], case.feeds, compute=kind.reference)
+            for output in case.outputs or expected:
+                error = _compare(graph, output, case, got[output], expected[output], dtype)
+                errors[output] = max(errors.get(output, 0.0), error)
+            labels.append(case.label)
+        report[graph["name"]] = {"cases": labels, "max_error": errors}
     return report
 
 
-def _compare(graph: dict, output: str, case: _Case, got: np.ndarray, want: np.ndarray, dtype: str) -> float:
+def _compare(graph: dict, output: str, case, got: np.ndarray, want: np.ndarray, dtype: str) -> float:
     name = graph["name"]
     if got.shape != want.shape:
         raise ValidationError(f"graph {name!r}, output {output!r} ({case.label}): shape {got.shape} but the "
@@ -106,116 +106,6 @@ def _compare(graph: dict, output: str, case: _Case, got: np.ndarray, want: np.nd
     if not error <= tolerance:  # NaN fails too
         raise GraphMismatch(name, output, case.label, error, tolerance)
     return error
-
-
-class _CaseMaker:
-    """Random inputs at three sizes per graph kind (the reference computes what they should give)."""
-
-    def __init__(self, build, float_type) -> None:
-        import torch
-
-        self.torch, self.build, self.float_type = torch, build, float_type
-        facts = build.manifest["model"]["facts"]
-        self.hidden, self.image_size = facts["hidden_size"], facts["image_size"]
-        self.image_token_id, self.vocab = facts["image_token_id"], facts["vocab_size"]
-        self.gen = torch.Generator().manual_seed(1234)
-        self.n_image = build.n_image
-        if build.anyres:
-            from transprune.runtime.inputs import ImageInputs
-
-            # the image-token count of a real image in landscape (2 x 1 tiles, unpadded rows)
-            self.images = ImageInputs(build)
-            self.n_image = self.images.count(ANYRES_CASE_SIZES[0])
-
-    def randn(self, *shape, scale=1.0) -> np.ndarray:
-        """Random floats in the build's dtype (both sides see exactly these values)."""
-        return (self.torch.randn(*shape, generator=self.gen) * scale).numpy().astype(self.float_type)
-
-    def left_padded_mask(self, batch: int, length: int, pad: int) -> np.ndarray:
-        mask = np.ones((batch, length), dtype=np.int64)
-        if batch > 1:
-            mask[1, :pad] = 0  # the second sample is shorter (left padding)
-        return mask
-
-    def vision(self, name):
-        if self.build.anyres:
-            yield from self.anyres_vision()
-            return
-        for batch in (1, 2, 3):
-            pixels = self.torch.randn(batch, 3, self.image_size, self.image_size, generator=self.gen).numpy()
-            yield _Case(f"batch {batch}", {"pixel_values": pixels})
-
-    def anyres_vision(self):
-        """Real packing plans (unpadded grids, newlines) of images of several shapes, random tiles."""
-        from transprune.runtime.anyres import num_tiles
-        from transprune.runtime.inputs import stack_plans
-
-        for sizes in ANYRES_CASE_SIZES[:2], ANYRES_CASE_SIZES[2:3], ANYRES_CASE_SIZES[3:] * 2:
-            per_image = [num_tiles(size, self.images.anyres) for size in sizes]
-            tiles = sum(per_image)
-            pixels = self.torch.randn(tiles, 3, self.image_size, self.image_size, generator=self.gen).numpy()
-            plans = stack_plans([self.images.plan(size) for size in sizes], per_image, self.build.tile_tokens)
-            width = min(len(p) for p in plans)  # equal counts per batch: cut the longer plans
-            yield _Case(f"{len(sizes)} images, {tiles} tiles, {width} image tokens",
-                        {"pixel_values": pixels, "pack_index": np.stack([p[:width] for p in plans])})
-
-    def embed(self, name):
-        for batch, seq in ((1, 1), (2, 13), (1, self.n_image + 40)):
-            ids = self.torch.randint(0, self.vocab, (batch, seq), generator=self.gen).numpy()
-            yield _Case(f"batch {batch}, {seq} tokens", {"input_ids": ids})
-
-    def prefill_inputs(self, name):
-        for batch, prefix, suffix in ((1, 1, 0), (2, 5, 9), (1, 35, 200)):
-            seq = prefix + self.n_image + suffix
-            ids = self.torch.randint(0, self.vocab, (batch, seq), generator=self.gen).numpy()
-            ids[ids == self.image_token_id] = 0
-            ids[:, prefix:prefix + self.n_image] = self.image_token_id
-            yield _Case(f"batch {batch}, {seq} tokens", {
-                "embeddings": self.randn(batch, seq, self.hidden), "input_ids": ids,
-                "attention_mask": self.left_padded_mask(batch, seq, pad=min(prefix, 3)),
-                "image_features": self.randn(batch, self.n_image, self.hidden)})
-
-    def segment(self, name):
-        from transprune.masks import positions_from_mask
-
-        segment = next(s for s in self.build.segments if s.name == name)
-        # prefill with a whole image span, one decode step over a long past, a short chunk
-        for batch, seq, past in ((2, self.n_image + 30, 0), (2, 1, self.n_image + 29), (1, 17, 5)):
-            key_mask = self.left_padded_mask(batch, past + seq, pad=3)
-            positions = positions_from_mask(self.torch.from_numpy(key_mask))[:, past:].numpy()
-            feeds = {"hidden": self.randn(batch, seq, self.hidden), "position_ids": positions,
-                     "attention_mask": key_mask}
-            for past_name, _ in segment.kv:
-                feeds[past_name] = self.randn(batch, segment.kv_heads, past, segment.head_dim)
-            # padding rows attend to nothing; their values are never read, so only real tokens count
-            rows = {"present_": key_mask > 0, "": key_mask[:, past:] > 0}
-            yield _Case(f"batch {batch}, {seq} new tokens, {past} past", feeds, rows=rows)
-
-    def scorer(self, name):
-        from transprune.masks import positions_from_mask
-
-        scorer = next(s for s in self.build.scorers.values() if s.name == name)
-        keep_counts = self.build.keep_counts_for(self.n_image)
-        n_alive = self.n_image if scorer.after_segment == 0 else keep_counts[scorer.after_segment - 1]
-        for batch, prefix, suffix in ((2, 6, 5), (2, 4, 20), (1, 35, 60)):
-            seq = prefix + n_alive + suffix
-            key_mask = self.left_padded_mask(batch, seq, pad=3)
-            alive = np.stack([np.sort(self.torch.randperm(self.n_image, generator=self.gen)[:n_alive].numpy())
-                              for _ in range(batch)])
-            feeds = {"hidden": self.randn(batch, seq, self.hidden),
-                     "position_ids": positions_from_mask(self.torch.from_numpy(key_mask)).numpy(),
-                     "attention_mask": key_mask, "image_start": np.full(batch, prefix, dtype=np.int64),
-                     "alive": alive, "keep": np.array(keep_counts[scorer.after_segment], dtype=np.int64)}
-            if scorer.uses_ttv:
-                feeds["ttv_sum"] = np.abs(self.randn(batch, n_alive)).astype(np.float32)
-                feeds["ttv"] = np.abs(self.randn(batch, seq)).astype(np.float32)
-            # fp16 may flip a near-tie in `kept`, and every other output follows it: scores only
-            outputs = ("score", "kept") if self.float_type == np.float16 else None
-            yield _Case(f"batch {batch}, {seq} tokens, {n_alive} image tokens alive", feeds, outputs=outputs)
-
-    def head(self, name):
-        for batch, seq in ((1, 1), (2, 7), (1, 40)):
-            yield _Case(f"batch {batch}, {seq} tokens", {"hidden": self.randn(batch, seq, self.hidden)})
 
 
 def validate_chain(manifest: dict, *, build, loaded, schedule, backend) -> dict:

@@ -155,6 +155,45 @@ class CheckpointWeights:
     def names(self, prefix: str = "") -> list[str]:
         return sorted(n for n in self._where if n.startswith(prefix))
 
-    def load_prefix(self, prefix: str) -> dict:
-        """All tensors under ``prefix`` with the prefix stripped (a module's state dict)."""
-        return {name[len(prefix):]: self[name] for name in self.names(prefix)}
+
+_SAFETENSORS_FLOAT = {"F16", "BF16", "F32", "F64"}
+_SAFETENSORS_INT = {"I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+class MetaWeights:
+    """A weights view that hands out shape-only ``meta`` tensors and remembers where each came from.
+
+    Graph modules are built and traced on these, so building a 20-layer segment of a 7B model
+    costs no memory; the ONNX writer later streams each initializer's real values from the
+    checkpoint (``load``), cast to the export dtype, one tensor at a time.
+    """
+
+    def __init__(self, weights: CheckpointWeights, dtype) -> None:
+        self.weights, self.dtype = weights, dtype
+        self._sources: dict[int, str] = {}  # storage identity of a handed-out tensor -> checkpoint name
+
+    def __getitem__(self, name: str):
+        import torch
+
+        shape, kind = self.weights.describe(name)
+        dtype = self.dtype if kind in _SAFETENSORS_FLOAT else getattr(torch, _SAFETENSORS_INT.get(kind, ""), None)
+        if dtype is None:
+            raise TransPruneError(f"{self.weights.directory}: tensor {name!r} has unsupported dtype {kind}")
+        tensor = torch.empty(shape, dtype=dtype, device="meta")
+        self._sources[tensor.untyped_storage()._cdata] = name
+        return tensor
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weights
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self else default
+
+    def source(self, parameter) -> str | None:
+        """The checkpoint name a module parameter was built from (nn.Parameter shares storage)."""
+        return self._sources.get(parameter.untyped_storage()._cdata)
+
+    def load(self, name: str):
+        """The real values of checkpoint tensor ``name`` in the export dtype."""
+        tensor = self.weights[name]
+        return tensor.to(self.dtype) if tensor.is_floating_point() else tensor

@@ -16,8 +16,10 @@ numpy only, what transformers 5.x does for ``LlavaNextForConditionalGeneration``
 * :func:`packing_plan` -- which vision feature goes where in ``LlavaNextModel.pack_image_features``'s
   output, as gather indices, so the runtime packs with one ``take``.
 
-The settings are an :class:`AnyresPreprocess`, which the exporter derives from the loaded processor
-(:func:`describe_anyres_processor`) and stores in the build manifest as plain JSON.
+The settings are an :class:`AnyresPreprocess`, plain JSON in the build manifest. The description is
+made at export time from the loaded processor, by
+``transprune.export.processor_settings.describe_anyres_processor``, which refuses settings this module
+cannot reproduce.
 
 transformers' processing of one image of size (height, width), as reproduced here:
 
@@ -49,9 +51,6 @@ from transprune.runtime.preprocess import (
     _float_list,
     _is_int,
     _is_number,
-    _per_channel,
-    _resample_value,
-    _size_entries,
     from_manifest_section,
     preprocess,
 )
@@ -59,8 +58,6 @@ from transprune.runtime.preprocess import (
 # How the whole-image ("base") tile is made. Only transformers' LLaVA-NeXT behaviour exists today; the
 # field is in the manifest so that a build made for another variant is refused, not misread.
 BASE_IMAGE_MODES = ("resize_to_tile",)
-
-_SUPPORTED_PROCESSORS = ("LlavaNextImageProcessor", "LlavaNextImageProcessorPil", "LlavaNextImageProcessorFast")
 
 # Per-tile vision features of CLIP ViT-L/14 at 336 px without its CLS token: 24 x 24.
 DEFAULT_PATCHES_PER_SIDE = 24
@@ -256,7 +253,8 @@ def preprocess_anyres(image, settings: AnyresPreprocess) -> tuple[np.ndarray, tu
     base = rgb.resize((tile, tile), resample=settings.resample)
 
     # transformers also runs every tile through its shortest-edge resize and center crop; with tiles
-    # already tile_size square (describe_anyres_processor insists on it) both leave them unchanged.
+    # already tile_size square (the exporter's describe_anyres_processor insists on it) both leave
+    # them unchanged.
     return preprocess([base, *tiles], settings.tile_values), (height, width)
 
 
@@ -356,73 +354,3 @@ def pack_features(features: np.ndarray, plan: np.ndarray, newline: np.ndarray) -
         raise TransPruneError(f"the packing plan indexes feature {int(plan.max())} but only {len(features)} were "
                               f"given; the features must be all tiles of this image (num_tiles * patches^2)")
     return np.where(plan[:, None] >= 0, features[plan.clip(0)], newline.astype(features.dtype))
-
-
-# --------------------------------------------------------------------------------------------
-# From a transformers image processor
-
-
-def describe_anyres_processor(image_processor) -> dict:
-    """The :class:`AnyresPreprocess` dict equivalent to a loaded transformers LLaVA-NeXT image processor.
-
-    Reads the processor's attributes only (transformers is not imported here). Settings this module
-    cannot reproduce are refused rather than approximated. ``do_pad`` (padding a batch's tile counts)
-    is not recorded: it changes no image's own tiles. The Pil class is matched bit for bit; the
-    torchvision ("Fast" / default) class uses the same settings with its own resize kernel, so its pixel
-    values differ slightly from ours.
-    """
-    kind = type(image_processor).__name__
-    if kind not in _SUPPORTED_PROCESSORS:
-        raise TransPruneError(f"image processor {kind} is not a LLaVA-NeXT (anyres) image processor; supported "
-                              f"types are {', '.join(_SUPPORTED_PROCESSORS)}")
-
-    def get(name):
-        return getattr(image_processor, name, None)
-
-    if not get("do_convert_rgb"):
-        raise TransPruneError(f"{kind} has do_convert_rgb={get('do_convert_rgb')!r}; the runtime always converts "
-                              f"images to RGB, so set do_convert_rgb=True")
-
-    # The processor resizes the base image to size (shortest_edge x shortest_edge, or height x width)
-    # and cuts the canvas into crop_size.height tiles (falling back on size when there is no crop size).
-    size = _size_entries(kind, "size", get("size"))
-    if set(size) == {"shortest_edge"}:
-        base = (size["shortest_edge"],) * 2
-    elif set(size) == {"height", "width"}:
-        base = (size["height"], size["width"])
-    else:
-        raise TransPruneError(f"{kind} has size={size}; the runtime reproduces only {{'shortest_edge': n}} or "
-                              f"{{'height': n, 'width': n}}")
-    crop = _size_entries(kind, "crop_size", get("crop_size")) if get("crop_size") is not None else {}
-    tile = crop.get("height") or size.get("height") or size.get("shortest_edge")
-    if base != (tile, tile):
-        raise TransPruneError(f"{kind} resizes the base image to {base[0]}x{base[1]} but cuts {tile}x{tile} tiles; "
-                              f"both must be the vision tower's input size, so set size={{'shortest_edge': {tile}}} "
-                              f"and crop_size={{'height': {tile}, 'width': {tile}}}")
-    # With size and crop both the tile size, the per-tile resize and center crop change nothing,
-    # which preprocess_anyres relies on.
-    if get("do_center_crop") and (crop.get("height"), crop.get("width")) != (tile, tile):
-        raise TransPruneError(f"{kind} has crop_size={crop}, which would crop the {tile}x{tile} tiles; set "
-                              f"crop_size={{'height': {tile}, 'width': {tile}}}")
-
-    if get("do_rescale") and get("rescale_factor") is None:
-        raise TransPruneError(f"{kind} has do_rescale=True but no rescale_factor; set rescale_factor (1/255)")
-    mean = std = None
-    if get("do_normalize"):
-        mean, std = _per_channel(kind, "image_mean", get("image_mean")), _per_channel(kind, "image_std",
-                                                                                     get("image_std"))
-    pinpoints = get("image_grid_pinpoints")
-    if pinpoints is None:
-        raise TransPruneError(f"{kind} has no image_grid_pinpoints; set them (LLaVA-NeXT: [[336, 672], [672, 336], "
-                              f"[672, 672], [1008, 336], [336, 1008]])")
-
-    return AnyresPreprocess(
-        grid_pinpoints=pinpoints,  # tuples or lists; validated and turned into lists
-        tile_size=tile,
-        base_image="resize_to_tile",
-        resample=_resample_value(kind, get("resample")),
-        rescale_factor=get("rescale_factor") if get("do_rescale") else None,
-        mean=mean,
-        std=std,
-        pad_colour=[0, 0, 0],  # transformers pads the canvas with np.pad's constant 0
-    ).to_dict()

@@ -247,17 +247,6 @@ def view_layout(explanation: Explanation) -> tuple[int, int, list[tuple[int, int
     return width, top - PANEL_GAP, places
 
 
-def panel_blocks(explanation: Explanation) -> dict[int, Block]:
-    """Every drawn token's patch in panel coordinates (a token lies on one view at most)."""
-    _, _, places = view_layout(explanation)
-    drawn = {}
-    for view, (top, left) in zip(explanation.views, places):
-        for index, (y0, y1, x0, x1) in view.blocks.items():
-            s = view.shrink
-            drawn[index] = (top + y0 // s, top + y1 // s, left + x0 // s, left + x1 // s)
-    return drawn
-
-
 def _compose(explanation: Explanation, pictures: list[np.ndarray]) -> np.ndarray:
     """One panel: each view's picture shrunk (box filter) and placed by ``view_layout``, on white."""
     width, height, places = view_layout(explanation)

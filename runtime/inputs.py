@@ -33,13 +33,6 @@ class PreparedImages:
     image_sizes: list[tuple[int, int]]  # per image: (height, width) as loaded (upright)
     tiles: list[int]  # per image: pictures the vision tower sees (1 for LLaVA-1.5)
 
-    @property
-    def vision_feeds(self) -> dict:
-        feeds = {"pixel_values": self.pixel_values}
-        if self.pack_index is not None:
-            feeds["pack_index"] = self.pack_index
-        return feeds
-
 
 class ImageInputs:
     """Prepares images for ``build`` exactly as the checkpoint's image processor would."""

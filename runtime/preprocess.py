@@ -7,8 +7,10 @@ module re-implements that pipeline with Pillow and numpy only, bit for bit again
 
     RGB conversion -> [pad to square] -> [resize] -> [center crop] -> [rescale] -> [normalize]
 
-The processing is described by :class:`ImagePreprocess`, which the exporter derives from the loaded
-processor (:func:`describe_image_processor`) and stores in the build manifest as plain JSON.
+The processing is described by :class:`ImagePreprocess`, plain JSON in the build manifest. The
+description is made at export time from the loaded processor, by
+``transprune.export.processor_settings.describe_image_processor``, which refuses settings this module
+cannot reproduce.
 """
 
 from __future__ import annotations
@@ -26,18 +28,6 @@ from transprune.errors import TransPruneError
 
 # Pillow's resampling filters by value (NEAREST=0, LANCZOS=1, BILINEAR=2, BICUBIC=3, BOX=4, HAMMING=5).
 _RESAMPLE_NAMES = {int(r): r.name.lower() for r in Image.Resampling}
-
-_SUPPORTED_PROCESSORS = (
-    "CLIPImageProcessor",
-    "CLIPImageProcessorPil",
-    "CLIPImageProcessorFast",
-    "LlavaImageProcessor",
-    "LlavaImageProcessorPil",
-    "LlavaImageProcessorFast",
-)
-# Every key a transformers SizeDict can carry; any beyond the two layouts we reproduce is refused.
-_SIZE_KEYS = ("height", "width", "shortest_edge", "longest_edge", "max_height", "max_width", "min_pixels",
-              "max_pixels")
 
 
 class ImageError(TransPruneError):
@@ -336,105 +326,3 @@ def _crop_span(length: int, crop: int) -> tuple[int, int, int]:
     if length >= crop:
         return (length - crop) // 2, 0, crop
     return 0, (crop - length + 1) // 2, length
-
-
-# --------------------------------------------------------------------------------------------
-# From a transformers image processor
-
-
-def describe_image_processor(image_processor) -> ImagePreprocess:
-    """The :class:`ImagePreprocess` equivalent to a loaded transformers CLIP or LLaVA image processor.
-
-    Reads the processor's attributes only (transformers is not imported here). Settings this module
-    cannot reproduce are refused rather than approximated, since a silently different preprocessing
-    degrades the model without any error. The Pil classes are matched bit for bit; the torchvision
-    ("Fast" / default) classes use the same settings but their own resize kernels, so their pixel
-    values differ slightly from ours.
-    """
-    kind = type(image_processor).__name__
-    if kind not in _SUPPORTED_PROCESSORS:
-        raise TransPruneError(f"image processor {kind} is not supported; supported types are "
-                              f"{', '.join(_SUPPORTED_PROCESSORS)}")
-
-    def get(name):
-        return getattr(image_processor, name, None)
-
-    if not get("do_convert_rgb"):
-        raise TransPruneError(f"{kind} has do_convert_rgb={get('do_convert_rgb')!r}; the runtime always converts "
-                              f"images to RGB, so set do_convert_rgb=True")
-
-    image_mean = _per_channel(kind, "image_mean", get("image_mean"))
-    pad_to_square = None
-    if get("do_pad"):
-        if not kind.startswith("Llava"):
-            raise TransPruneError(f"{kind} has do_pad=True (pad a batch to a common size), which the runtime does "
-                                  f"not reproduce; set do_pad=False")
-        # LLaVA pads with the mean colour, truncated to integers, whether or not it normalises.
-        pad_to_square = [int(x * 255) for x in image_mean] if image_mean else [0, 0, 0]
-        if not all(0 <= c <= 255 for c in pad_to_square):
-            raise TransPruneError(f"{kind} pads with image_mean * 255 = {pad_to_square}, outside 0..255; "
-                                  f"image_mean must be in 0..1")
-
-    resize = None
-    if get("do_resize"):
-        size = _size_entries(kind, "size", get("size"))
-        if set(size) not in ({"shortest_edge"}, {"height", "width"}):
-            raise TransPruneError(f"{kind} has size={size}; the runtime reproduces only {{'shortest_edge': n}} "
-                                  f"or {{'height': h, 'width': w}}")
-        resize = size
-
-    center_crop = None
-    if get("do_center_crop"):
-        crop = _size_entries(kind, "crop_size", get("crop_size"))
-        if set(crop) != {"height", "width"}:
-            raise TransPruneError(f"{kind} has crop_size={crop}; a center crop needs 'height' and 'width'")
-        center_crop = [crop["height"], crop["width"]]
-
-    if get("do_rescale") and get("rescale_factor") is None:
-        raise TransPruneError(f"{kind} has do_rescale=True but no rescale_factor; set rescale_factor (1/255)")
-
-    mean = std = None
-    if get("do_normalize"):
-        mean, std = image_mean, _per_channel(kind, "image_std", get("image_std"))
-
-    return ImagePreprocess(
-        pad_to_square=pad_to_square,
-        resize=resize,
-        resample=_resample_value(kind, get("resample")),
-        center_crop=center_crop,
-        rescale_factor=get("rescale_factor") if get("do_rescale") else None,
-        mean=mean,
-        std=std,
-    )
-
-
-def _size_entries(kind: str, name: str, size) -> dict:
-    """The set entries of a size given as a dict or as a transformers ``SizeDict`` (attributes)."""
-    if isinstance(size, Mapping):
-        entries = dict(size)
-    elif any(hasattr(size, key) for key in _SIZE_KEYS):
-        entries = {key: getattr(size, key, None) for key in _SIZE_KEYS}
-    else:
-        raise TransPruneError(f"{kind} has {name}={size!r}; expected a size dict such as {{'height': h, 'width': w}}")
-    return {key: value for key, value in entries.items() if value is not None}
-
-
-def _per_channel(kind: str, name: str, value) -> list[float] | None:
-    """A mean/std as three floats; transformers broadcasts a single number to every channel."""
-    if value is None:
-        return None
-    if _is_number(value):
-        return [float(value)] * 3
-    values = list(value)
-    if len(values) != 3:
-        raise TransPruneError(f"{kind} has {name}={value!r}; expected one value per RGB channel")
-    return [float(v) for v in values]
-
-
-def _resample_value(kind: str, resample) -> int:
-    if resample is None:
-        return int(Image.Resampling.BILINEAR)  # the PIL backend's fallback
-    if _is_int(resample):
-        return int(resample)
-    raise TransPruneError(f"{kind} has resample={resample!r}; the runtime needs a Pillow resampling filter "
-                          f"{_RESAMPLE_NAMES}")

@@ -12,15 +12,16 @@ def spec_build(tmp_path):
     manifest lists every graph with its real names, axes and attributes; graph byte counts are the
     preset's parameters (so memory estimates are those of the real model); no ONNX files."""
     from transprune.export.exporter import _concrete_dtypes, _limits
-    from transprune.export.specs import ModelFacts, graph_specs
-    from transprune.export.trt_targets import preset_parameters
+    from transprune.export.kinds import graph_specs
+    from transprune.family import ModelFacts
+    from transprune.export.tensorrt.memory import preset_parameters
     from transprune.presets import NEXT_GRID_PINPOINTS, model_preset
     from transprune.runtime.build import Build
 
     def make(name: str, schedule, *, dtype: str = "fp16", max_text_tokens: int = 1024):
         preset = model_preset(name)
         text = preset.text
-        anyres = preset.architecture == "llava-next"
+        anyres = preset.family.anyres
         tile_tokens = preset.vision.n_patches
         facts = ModelFacts(hidden_size=text.hidden_size, num_layers=text.num_layers,
                            num_kv_heads=text.num_kv_heads, head_dim=text.head_dim, vocab_size=text.vocab_size,

@@ -69,7 +69,8 @@ def test_vision_graph_packs_like_transformers(next_build, tiny_next_model):
     build = Build.open(next_build[0])
     image = sample_image(width=517, height=283)
     prepared = ImageInputs(build).prepare([image])
-    ours = OrtBackend(build).run("vision", prepared.vision_feeds)["image_features"]
+    feeds = {"pixel_values": prepared.pixel_values, "pack_index": prepared.pack_index}
+    ours = OrtBackend(build).run("vision", feeds)["image_features"]
     encoded = tiny_next_model.processor(images=[image], text=["<image>"], return_tensors="pt")
     with torch.no_grad():
         theirs = TransPruneReference(tiny_next_model.model, preset("none")).image_features(
@@ -81,9 +82,9 @@ def test_vision_graph_packs_like_transformers(next_build, tiny_next_model):
 def test_trt_plan_covers_the_image_range(next_build, tmp_path):
     """The TensorRT plan of a real anyres build: tiles 1..5, image tokens 576..2928, scorer K over
     int(n * ratio) -- all below TopK's 3840."""
-    from transprune.export.trt_plan import make_plan
-    from transprune.export.trt_profiles import shape_limits
-    from transprune.export.trt_targets import TARGETS
+    from transprune.export.tensorrt.plan import make_plan
+    from transprune.export.tensorrt.profiles import shape_limits
+    from transprune.export.tensorrt.targets import TARGETS
     from transprune.runtime.build import Build
 
     build = Build.open(next_build[0])

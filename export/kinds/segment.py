@@ -1,0 +1,94 @@
+"""Decoder segments: the layers between two prune points, for prefill (past length 0) and decode
+alike. A segment that ends at a prune point also outputs the summed TTV of its accumulation
+layers, which the scorer after it reads."""
+
+from __future__ import annotations
+
+from transprune.schedule import Schedule
+
+from ..specs import GraphSpec, TensorSpec
+from .base import Case, GraphKind
+
+
+def kv_names(layer: int) -> list[tuple[str, str]]:
+    """(past input, present output) of one layer's key, then value: the only place they are spelled."""
+    return [(f"past_{part}.{layer}", f"present_{part}.{layer}") for part in ("key", "value")]
+
+
+def spec(facts, schedule: Schedule, index: int) -> GraphSpec:
+    """Segment ``index`` of the schedule: its layers, caches and (before a prune) TTV output."""
+    d = facts.hidden_size
+    segments = schedule.segments(facts.num_layers)
+    first, last = segments[index]
+    before_prune = index < len(segments) - 1
+    ttv_layers = tuple(l for l in schedule.accumulate if first <= l <= last) if schedule.uses_ttv else ()
+    kv = [pair for layer in range(first, last + 1) for pair in kv_names(layer)]
+
+    def cache(name: str, length_axis: str) -> TensorSpec:
+        return TensorSpec(name, "float", ("batch", facts.num_kv_heads, length_axis, facts.head_dim))
+
+    inputs = [TensorSpec("hidden", "float", ("batch", "seq", d)),
+              TensorSpec("position_ids", "int64", ("batch", "seq")),
+              TensorSpec("attention_mask", "int64", ("batch", "total")),
+              *(cache(past, "past") for past, _ in kv)]
+    outputs = [TensorSpec("hidden_out", "float", ("batch", "seq", d)), *(cache(present, "total") for _, present in kv)]
+    if ttv_layers and before_prune:
+        outputs.append(TensorSpec("ttv", "float32", ("batch", "seq")))
+    # a decoded token's position in this segment: its full position minus the image tokens pruned
+    # before the segment (the cached sequence here is that much shorter); anyres: per image
+    if index == 0:
+        shift = 0
+    elif facts.anyres:
+        shift = None
+    else:
+        shift = facts.n_image - schedule.keep_counts(facts.n_image)[index - 1]
+    return GraphSpec(f"segment_{index}", "segment", tuple(inputs), tuple(outputs), layers=(first, last),
+                     attrs={"ttv_layers": list(ttv_layers) if before_prune else [],
+                            "kv": [list(pair) for pair in kv], "position_shift": shift})
+
+
+class Segment(GraphKind):
+    name = "segment"
+
+    def module(self, spec, weights, config):
+        from transprune.family import text_config_dict
+
+        from ..graphs import SegmentGraph
+
+        first, last = spec.layers
+        return SegmentGraph(weights, first=first, last=last, text_config=text_config_dict(config),
+                            ttv_layers=tuple(spec.attrs["ttv_layers"]))
+
+    def example_inputs(self, spec, ex):
+        batch, seq = ex.shape(spec.inputs[0])[:2]
+        return {"position_ids": ex.positions(batch, seq), "attention_mask": ex.ones(ex.shape(spec.inputs[2]))}
+
+    def validation_cases(self, graph, cases):
+        segment = next(s for s in cases.build.segments if s.name == graph.name)
+        # prefill with a whole image span, one decode step over a long past, a short chunk
+        for batch, seq, past in ((2, cases.n_image + 30, 0), (2, 1, cases.n_image + 29), (1, 17, 5)):
+            key_mask = cases.left_padded_mask(batch, past + seq, pad=3)
+            feeds = {"hidden": cases.randn(batch, seq, cases.hidden),
+                     "position_ids": cases.positions(key_mask)[:, past:], "attention_mask": key_mask}
+            for past_name, _ in segment.kv:
+                feeds[past_name] = cases.randn(batch, segment.kv_heads, past, segment.head_dim)
+            # padding rows attend to nothing; their values are never read, so only real tokens count
+            rows = {"present_": key_mask > 0, "": key_mask[:, past:] > 0}
+            yield Case(f"batch {batch}, {seq} new tokens, {past} past", feeds, rows=rows)
+
+    def trt_axes(self, graph, phase, ctx):
+        image = ctx.alive[ctx.segment(graph).index]
+        if phase == ctx.PREFILL:
+            seq = ctx.text.plus(image)
+            return {"batch": ctx.batch, "seq": seq, "past": ctx.fixed(0), "total": seq}
+        # the cache holds the prompt and every token generated before this one; opt: halfway
+        # through a typical answer
+        past = ctx.range(image.min + ctx.text.min, image.opt + ctx.text.opt + ctx.generated.opt // 2,
+                         image.max + ctx.text.max + ctx.generated.max - 1)
+        return {"batch": ctx.batch, "seq": ctx.one, "past": past, "total": past.plus(1)}
+
+    def reference(self, graphs, name, t):
+        return graphs.segment(name, t)
+
+    def describe(self, spec):
+        return f"{spec.name} (layers {spec.layers[0]}-{spec.layers[1]})"
