@@ -6,7 +6,8 @@ cache part owns two flat buffers sized for the whole generation (prompt + new to
 reads ``past`` from one and onnxruntime writes ``present`` straight into the other (IO binding
 with raw pointers, shaped per call), then the two swap. Nothing is allocated per token, and the
 same code serves the CPU and CUDA execution providers (the buffers live on the provider's device).
-Buffers are pooled and reused by later generations that fit in them.
+Buffers are pooled and reused by later generations that fit in them (``kv_pool``, shared with the
+TensorRT backend).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from transprune.errors import TransPruneError
 
 from .backend import Backend, KVCache
 from .build import Build, SegmentInfo
+from .kv_pool import DoubleBufferedCache, KVBufferPool
 
 # the execution providers a user may pick, by short name, and the device their buffers live on
 PROVIDERS = {"cpu": ("CPUExecutionProvider", "cpu"), "cuda": ("CUDAExecutionProvider", "cuda"),
@@ -30,7 +32,6 @@ class OrtBackend(Backend):
         import onnxruntime as ort
 
         super().__init__(build)
-        self._ort = ort
         if provider not in PROVIDERS:
             raise TransPruneError(f"unknown onnxruntime provider {provider!r}; use one of {', '.join(PROVIDERS)}")
         provider_name, self.device = PROVIDERS[provider]
@@ -63,7 +64,11 @@ class OrtBackend(Backend):
         # a segment's outputs other than its cache, bound per call after the presents
         cache_outputs = {present for segment in build.segments for _, present in segment.kv}
         self.uncached = {name: [o for o in outputs if o not in cache_outputs] for name, outputs in self.outputs.items()}
-        self._pool: dict[tuple, object] = {}  # (segment, past name, side) -> flat OrtValue
+        # (segment, past name, side) -> flat OrtValue of model-dtype values on the provider's device,
+        # sized in elements (the closure holds no reference to the backend: no cycle keeps it alive)
+        new_value, float_type, device = ort.OrtValue.ortvalue_from_shape_and_type, build.float_type, self.device
+        self._pool = KVBufferPool(allocate=lambda elements: new_value([max(elements, 1)], float_type, device, 0),
+                                  size_of=lambda buffer: buffer.shape()[0])
 
     def run(self, graph: str, feeds: dict) -> dict:
         wanted = self.inputs[graph]
@@ -72,19 +77,8 @@ class OrtBackend(Backend):
 
     def new_cache(self, segment: SegmentInfo, *, batch: int, capacity: int) -> KVCache:
         elements = batch * segment.kv_heads * capacity * segment.head_dim
-        buffers = {past: (self._buffer((segment.index, past, 0), elements),
-                          self._buffer((segment.index, past, 1), elements)) for past, _ in segment.kv}
+        buffers = self._pool.segment_buffers(segment, elements)
         return _BoundCache(segment, batch, capacity, buffers, self.generation)
-
-    def _buffer(self, key: tuple, elements: int):
-        """A flat buffer of at least ``elements`` model-dtype values, reused when one is big enough."""
-        buffer = self._pool.get(key)
-        if buffer is None or buffer.shape()[0] < elements:
-            self._pool[key] = buffer = None  # release the old one before allocating
-            buffer = self._ort.OrtValue.ortvalue_from_shape_and_type([max(elements, 1)], self.build.float_type,
-                                                                     self.device, 0)
-            self._pool[key] = buffer
-        return buffer
 
     def run_segment(self, segment: SegmentInfo, feeds: dict, cache: "_BoundCache") -> dict:
         if cache.generation != self.generation:
@@ -121,21 +115,8 @@ class OrtBackend(Backend):
         self._pool.clear()
 
 
-class _BoundCache(KVCache):
-    """Two flat buffers per cache part: the valid ``[B, H, length, E]`` cache lives at the start of
-    the read side; a call writes ``[B, H, length + new, E]`` to the other side, which then becomes
-    the read side."""
-
-    def __init__(self, segment: SegmentInfo, batch: int, capacity: int, buffers: dict, generation: int) -> None:
-        super().__init__(segment, batch, capacity, generation)
-        self.buffers, self.reading = buffers, 0
-
-    def sides(self, past: str):
-        pair = self.buffers[past]
-        return pair[self.reading], pair[1 - self.reading]
-
-    def flip(self) -> None:
-        self.reading = 1 - self.reading
+class _BoundCache(DoubleBufferedCache):
+    """Two flat OrtValues per cache part, bound by pointer (see ``kv_pool.DoubleBufferedCache``)."""
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The cached keys/values as numpy arrays [B, H, length, E] (copies; CPU provider only)."""

@@ -3,7 +3,8 @@
 The same estimate ``transprune-build`` checks before it builds (weights at the build precision,
 KV caches of every layer at the largest decode profile, the builder workspace, the runtime's
 overhead), computed from the model preset alone, so it covers models too big to export here.
-Prints a markdown table (the README's "Deploy on Jetson" table) and writes JSON.
+Prints a markdown table (the README's "Deploy on Jetson" table) and writes JSON. The computation
+is ``transprune.export.tensorrt.memory.memory_rows``; this script parses, prints and writes.
 
     python scripts/trt_memory_table.py [--model llava-1.5-7b] [--text-tokens 128] [--new-tokens 512]
 """
@@ -15,47 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from transprune.export.trt_profiles import ShapeLimits, kv_cache_bytes_for
-from transprune.export.trt_targets import GIB, TARGETS, estimate_memory, preset_parameters
+from transprune.export.tensorrt.memory import GIB, memory_rows, preset_parameters
 from transprune.presets import model_preset
-from transprune.schedule import preset as schedule_preset
-
-
-def largest_image(spec) -> int:
-    """The image tokens the engines' caches are sized for: LLaVA-1.5's fixed count; for LLaVA-NeXT
-    the largest image (a grid pinpoint filled edge to edge: 2928 for the 7B), as transprune-build
-    sizes them, not the paper's nominal 2880."""
-    if spec.architecture != "llava-next":
-        return spec.n_image_tokens
-    from transprune.presets import NEXT_GRID_PINPOINTS
-    from transprune.runtime.anyres import AnyresPreprocess, image_feature_count
-
-    tile = spec.vision.image_size
-    geometry = AnyresPreprocess(grid_pinpoints=[list(p) for p in NEXT_GRID_PINPOINTS], tile_size=tile,
-                                base_image="resize_to_tile", resample=3, rescale_factor=None, mean=None, std=None,
-                                pad_colour=[0, 0, 0])  # only the pinpoints and tile size count tokens
-    side = tile // spec.vision.patch_size
-    return max(image_feature_count(tuple(p), geometry, patches_per_side=side) for p in NEXT_GRID_PINPOINTS)
-
-
-def memory_rows(*, model: str, text_tokens: int, new_tokens: int, batch: int = 1,
-                schedules: tuple[str, ...] = ("paper", "none")) -> list[dict]:
-    spec = model_preset(model)
-    limits = ShapeLimits(batch, text_tokens, new_tokens)
-    weights = preset_parameters(spec) * 2  # fp16 and bf16; fp8 without Q/DQ nodes stays 16-bit
-    rows = []
-    for target in TARGETS.values():
-        for precision in target.precisions:
-            row = {"target": target.name, "memory_gib": target.memory_gib, "precision": precision}
-            for name in schedules:
-                per_layer = schedule_preset(name).tokens_per_layer(num_layers=spec.text.num_layers,
-                                                                   n_image=largest_image(spec))
-                kv = kv_cache_bytes_for(image_tokens_per_layer=per_layer, kv_heads=spec.text.num_kv_heads,
-                                        head_dim=spec.text.head_dim, itemsize=2, limits=limits)
-                estimate = estimate_memory(target=target, weights=weights, kv_cache=kv)
-                row[name] = estimate.to_dict()
-            rows.append(row)
-    return rows
 
 
 def markdown(rows: list[dict], schedules: tuple[str, ...]) -> str:

@@ -10,12 +10,13 @@ writes every stage's per-token scores (combined, TTV and IGA parts) and kept ind
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
 from pathlib import Path
 
 from ..errors import TransPruneError
+from ..files import write_atomic
 from ._common import run_user_command
 
 PROG = "transprune-explain"
@@ -35,16 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Writes through a temporary file beside ``path``: an interrupted run leaves no half file."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def run(args) -> dict:
     from transprune.runtime.explain import draw, explain
     from transprune.runtime.pipeline import Pipeline
@@ -60,10 +51,12 @@ def run(args) -> dict:
     if not explanation.stages:
         raise TransPruneError(f"{args.build_dir} prunes nothing (schedule 'none'): there is nothing to explain")
     picture = draw(explanation)
-    _write_atomic(args.out, lambda path: picture.save(path, format="PNG"))
+    png = io.BytesIO()
+    picture.save(png, format="PNG")
+    write_atomic(args.out, png.getvalue())  # an interrupted run leaves no half file
     report = {"image": str(args.image), "prompt": args.prompt, "png": str(args.out), **explanation.to_dict()}
     if args.json:
-        _write_atomic(args.json, lambda path: path.write_text(json.dumps(report) + "\n"))
+        write_atomic(args.json, json.dumps(report) + "\n")
     counts = " -> ".join(str(n) for n in [explanation.n_image, *(s.keep for s in explanation.stages)])
     print(f"image tokens {counts}; wrote {args.out} ({picture.width}x{picture.height})"
           f"{f' and {args.json}' if args.json else ''}", file=sys.stderr)

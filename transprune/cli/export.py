@@ -137,7 +137,7 @@ def _report(manifest: dict, out: Path, seconds: float) -> str:
 
 
 def check_trt(build_dir: Path, *, as_json: bool) -> int:
-    from ..export.trt_lint import lint_model
+    from ..export.tensorrt.lint import lint_model
     from ..runtime.manifest import load_manifest, resolve_inside
 
     manifest = load_manifest(build_dir)

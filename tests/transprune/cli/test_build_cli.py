@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from transprune.cli.build import main
-from transprune.export.trt_plan import parse_trtexec_script
+from transprune.export.tensorrt.plan import parse_trtexec_script
 
 
 @pytest.fixture

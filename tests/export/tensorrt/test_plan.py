@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from transprune.errors import TransPruneError
-from transprune.export.trt_plan import make_plan, parse_trtexec_script, trtexec_script, write_plan
-from transprune.export.trt_profiles import shape_limits
-from transprune.export.trt_targets import TARGETS, check_precision, get_target
+from transprune.export.tensorrt.plan import make_plan, parse_trtexec_script, trtexec_script, write_plan
+from transprune.export.tensorrt.profiles import shape_limits
+from transprune.export.tensorrt.targets import TARGETS, check_precision, get_target
 from transprune.runtime.build import Build
 from transprune.schedule import preset
 

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from transprune.errors import TransPruneError
+from transprune.files import write_atomic
 from transprune.runtime.backend import Backend
 from transprune.runtime.build import Build
 from transprune.runtime.manifest import resolve_inside
-from transprune.runtime.trt_engines import import_tensorrt, running_platform, write_metadata
+from transprune.runtime.tensorrt.engines import import_tensorrt, running_platform, write_metadata
 
-from .trt_plan import profiles_from_plan
+from .plan import profiles_from_plan
 
 DECODE_STEPS = 2
 
@@ -52,7 +53,7 @@ def build_engines(plan: dict, build: Build, engine_dir: Path, *, timing_cache: P
         builder, network, parser = NetworkFromOnnxPath(str(onnx_path))()
         # The scorers' keep (TopK's K) is planned as a shape-tensor value; should this TensorRT parse
         # it as an ordinary 0-d input instead, it gets a fixed scalar shape (its value is then read
-        # from device memory, and the runtime uploads it, see trt_backend).
+        # from device memory, and the runtime uploads it, see transprune.runtime.tensorrt.backend).
         shape_tensors = {network.get_input(i).name for i in range(network.num_inputs)
                          if network.get_input(i).is_shape_tensor}
         profiles = []
@@ -74,9 +75,7 @@ def build_engines(plan: dict, build: Build, engine_dir: Path, *, timing_cache: P
         if serialized is None:
             raise TransPruneError(f"TensorRT could not build {engine['graph']} (see its log above)")
         path = resolve_inside(engine_dir, engine["engine"])
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(bytes(serialized))
-        partial.replace(path)
+        write_atomic(path, bytes(serialized))
         write_metadata(engine, plan, path, platform, built_with="polygraphy")
         written.append(path)
         log(f"    {path.name}: {path.stat().st_size / 2**20:.1f} MiB in {time.perf_counter() - started:.1f} s")

@@ -18,7 +18,6 @@ from transprune.errors import TransPruneError
 from transprune.runtime.anyres import (
     AnyresPreprocess,
     best_resolution,
-    describe_anyres_processor,
     image_feature_count,
     num_tiles,
     pack_features,
@@ -33,6 +32,9 @@ from transformers.image_processing_utils import select_best_resolution  # noqa: 
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil  # noqa: E402
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches  # noqa: E402
+
+# The runtime's description of a real processor, as the exporter makes it (tested in tests/export).
+from transprune.export.processor_settings import describe_anyres_processor  # noqa: E402
 
 PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -262,33 +264,13 @@ def test_our_tiles_and_plan_give_the_models_image_features(processor, settings, 
 
 
 # --------------------------------------------------------------------------------------------
-# Settings: serialisation, description, errors
-
-
-def test_describe_reads_the_llava_next_settings(processor, settings):
-    data = describe_anyres_processor(processor)
-    assert data["grid_pinpoints"] == PINPOINTS and data["tile_size"] == 336
-    assert data["resample"] == int(processor.resample) and data["rescale_factor"] == processor.rescale_factor
-    assert data["mean"] == list(processor.image_mean) and data["std"] == list(processor.image_std)
-    # The most tiles any image gets from the processor: the base tile and the largest canvas's tiles.
-    most = max(processor(images=[_photo(w, h)], return_tensors="np")["pixel_values"].shape[1] for h, w in PINPOINTS)
-    assert settings.max_tiles == most
+# Settings: serialisation, errors
 
 
 def test_to_dict_round_trips_through_json(settings):
     data = json.loads(json.dumps(settings.to_dict()))
     assert type(data["resample"]) is int
     assert AnyresPreprocess.from_dict(data) == settings
-
-
-def test_processing_switches_are_recorded(settings):
-    plain = describe_anyres_processor(_processor(do_normalize=False, do_rescale=False,
-                                                 resample=Image.Resampling.BILINEAR))
-    assert (plain["mean"], plain["std"], plain["rescale_factor"], plain["resample"]) == (None, None, None, 2)
-    image = _photo(500, 300, 9)
-    reference = _processor(do_normalize=False, do_rescale=False, resample=Image.Resampling.BILINEAR)(
-        images=[image], return_tensors="np")["pixel_values"][0]
-    assert np.array_equal(preprocess_anyres(image, AnyresPreprocess.from_dict(plain))[0], reference)
 
 
 @pytest.mark.parametrize("field, value, problem", [
@@ -322,19 +304,6 @@ def test_from_dict_rejects_missing_and_unknown_fields(settings):
         AnyresPreprocess.from_dict({**data, "gamma": 2.2})
     with pytest.raises(TransPruneError, match="JSON object"):
         AnyresPreprocess.from_dict([1, 2, 3])
-
-
-@pytest.mark.parametrize("make, problem", [
-    (lambda: transformers.CLIPImageProcessorPil(), "not a LLaVA-NeXT"),
-    (lambda: _processor(do_convert_rgb=False), "do_convert_rgb"),
-    (lambda: _processor(size={"shortest_edge": 224}), "base image to 224x224 but cuts 336x336"),
-    (lambda: _processor(size={"shortest_edge": 336, "longest_edge": 800}), "longest_edge"),
-    (lambda: _processor(crop_size={"height": 336, "width": 300}), "crop_size"),
-    (lambda: _processor(image_grid_pinpoints=[[336, 600]]), "multiple of tile_size"),
-])
-def test_describe_refuses_settings_it_cannot_reproduce(make, problem):
-    with pytest.raises(TransPruneError, match=problem):
-        describe_anyres_processor(make())
 
 
 @pytest.mark.parametrize("image_size", [(0, 10), (10,), (1.5, 2), "336x336", (True, 5)])

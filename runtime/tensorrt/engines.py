@@ -7,7 +7,7 @@ with a graph that no longer matches the build. So every ``<graph>.engine`` gets 
 and the sha256 of the ONNX graph and of the engine file. ``check_metadata`` compares it with what
 is running and refuses a mismatch with a message that says to rebuild on the target.
 
-``python -m transprune.runtime.trt_engines record DIR`` writes the metadata after a trtexec build
+``python -m transprune.runtime.tensorrt.engines record DIR`` writes the metadata after a trtexec build
 (the script ``transprune-build`` writes ends with it); it needs the ``tensorrt`` module.
 """
 
@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transprune.errors import TransPruneError
+from transprune.files import write_atomic
 
-from .build import Build
-from .manifest import resolve_inside, sha256
+from ..build import Build
+from ..manifest import resolve_inside, sha256
 
 METADATA_SCHEMA = 1
+# The build plan beside the engines (written by transprune.export.tensorrt.plan, which imports this
+# name: the runtime cannot import the export side).
 PLAN_FILE = "plan.json"
 
 
@@ -209,9 +212,7 @@ def write_metadata(engine: dict, plan: dict, path: Path, platform: Platform, *, 
     """Writes ``<engine>.json`` beside the engine at ``path`` (atomically)."""
     meta = make_metadata(engine, plan, platform, engine_sha256=sha256(path), built_with=built_with)
     out = metadata_path(path)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(meta, indent=1) + "\n")
-    partial.replace(out)
+    write_atomic(out, json.dumps(meta, indent=1) + "\n")
     return out
 
 
@@ -223,7 +224,7 @@ def _deserializes(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m transprune.runtime.trt_engines",
+    parser = argparse.ArgumentParser(prog="python -m transprune.runtime.tensorrt.engines",
                                      description="Write engine metadata after building engines with trtexec.")
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record", help="write <engine>.json beside every engine of a plan")

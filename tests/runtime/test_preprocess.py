@@ -17,13 +17,15 @@ from transprune.errors import TransPruneError
 from transprune.runtime.preprocess import (
     ImageError,
     ImagePreprocess,
-    describe_image_processor,
     load_image,
     preprocess,
 )
 
 transformers = pytest.importorskip("transformers")
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # noqa: E402
+
+# The runtime's description of a real processor, as the exporter makes it (tested in tests/export).
+from transprune.export.processor_settings import describe_image_processor  # noqa: E402
 
 BICUBIC = Image.Resampling.BICUBIC
 
@@ -322,45 +324,6 @@ def test_from_dict_rejects_missing_and_unknown_fields(clip):
         ImagePreprocess.from_dict({**data, "gamma": 2.2})
     with pytest.raises(TransPruneError, match="JSON object"):
         ImagePreprocess.from_dict([1, 2, 3])
-
-
-# --------------------------------------------------------------------------------------------
-# describe_image_processor
-
-
-def test_describe_reads_the_llava_1_5_settings(clip):
-    config = describe_image_processor(clip)
-    assert config.to_dict() == {
-        "pad_to_square": None, "resize": {"shortest_edge": 336}, "resample": 3, "center_crop": [336, 336],
-        "rescale_factor": 1 / 255, "mean": list(OPENAI_CLIP_MEAN), "std": list(OPENAI_CLIP_STD),
-    }
-
-
-def test_describe_accepts_plain_dict_sizes():
-    attributes = dict(do_convert_rgb=True, do_resize=True, size={"shortest_edge": 336}, resample=3,
-                      do_center_crop=True, crop_size={"height": 336, "width": 336}, do_rescale=True,
-                      rescale_factor=1 / 255, do_normalize=True, image_mean=OPENAI_CLIP_MEAN,
-                      image_std=OPENAI_CLIP_STD)
-    lookalike = type("CLIPImageProcessor", (), attributes)()
-    assert describe_image_processor(lookalike) == describe_image_processor(_clip())
-
-
-def test_describe_rejects_an_unsupported_processor_class():
-    class SiglipImageProcessor:
-        do_convert_rgb = True
-
-    with pytest.raises(TransPruneError, match="not supported.*CLIPImageProcessorPil"):
-        describe_image_processor(SiglipImageProcessor())
-
-
-@pytest.mark.parametrize("processor, problem", [
-    (lambda: _clip(size={"shortest_edge": 336, "longest_edge": 500}), "longest_edge"),
-    (lambda: _clip(do_convert_rgb=False), "do_convert_rgb"),
-    (lambda: _clip(do_pad=True), "do_pad"),
-])
-def test_describe_rejects_settings_it_cannot_reproduce(processor, problem):
-    with pytest.raises(TransPruneError, match=problem):
-        describe_image_processor(processor())
 
 
 def test_the_module_imports_neither_torch_nor_transformers():

@@ -165,13 +165,13 @@ def parse_matrix(text: str, source: str = "<text>") -> OperatorMatrix:
 
 
 def packaged_matrix_path() -> Path:
-    """The copy shipped inside transprune.export (present in wheels and in the source tree)."""
+    """The copy shipped inside transprune.export.tensorrt (present in wheels and in the source tree)."""
     return Path(__file__).resolve().parent / "data" / MATRIX_FILENAME
 
 
 def shared_matrix_path() -> Path:
     """``<repo root>/../shared/reference/<file>``: the project's reference copy, next to the repo."""
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / MATRIX_FILENAME
+    return Path(__file__).resolve().parents[3] / "shared" / "reference" / MATRIX_FILENAME
 
 
 def default_matrix_path() -> Path:

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 
 from transprune.errors import TransPruneError
-from transprune.export.trt_plan import make_plan, write_plan
-from transprune.export.trt_profiles import shape_limits
-from transprune.export.trt_targets import get_target
-from transprune.runtime import trt_backend
+from transprune.export.tensorrt.plan import make_plan, write_plan
+from transprune.export.tensorrt.profiles import shape_limits
+from transprune.export.tensorrt.targets import get_target
+from transprune.runtime.tensorrt import backend as tensorrt_backend
 from transprune.runtime.build import Build
 from transprune.runtime.ort_backend import OrtBackend
 from transprune.runtime.pipeline import Pipeline
-from transprune.runtime.trt_engines import EngineMismatch, Platform, write_metadata
+from transprune.runtime.tensorrt.engines import EngineMismatch, Platform, write_metadata
 from transprune.sample_image import sample_images
 
 PLATFORM = Platform("10.3.0.30", (8, 7), "simulated Orin")
@@ -228,8 +228,8 @@ def simulated(monkeypatch):
     """(device, engines) after installing the simulated TensorRT and CUDA device."""
     device, engines = SimulatedDevice(), []
     monkeypatch.setitem(sys.modules, "tensorrt", simulated_tensorrt(device, engines))
-    monkeypatch.setattr(trt_backend, "_Device", lambda: device)
-    monkeypatch.setattr(trt_backend, "running_platform", lambda: PLATFORM)
+    monkeypatch.setattr(tensorrt_backend, "_Device", lambda: device)
+    monkeypatch.setattr(tensorrt_backend, "running_platform", lambda: PLATFORM)
     return device, engines
 
 
@@ -239,7 +239,7 @@ def test_simulated_gpu_generation_equals_onnxruntime(paper_build, engine_dir, si
     images, prompts = sample_images()[:2], ["What is shown here?", "Describe the colours in one sentence."]
     with Pipeline(build, OrtBackend(build)) as reference:
         expected = reference.generate_batch(images, prompts, max_new_tokens=6)
-    with Pipeline(build, trt_backend.TrtBackend(build, engines=engine_dir)) as pipeline:
+    with Pipeline(build, tensorrt_backend.TrtBackend(build, engines=engine_dir)) as pipeline:
         got = pipeline.generate_batch(images, prompts, max_new_tokens=6)
         single = pipeline.generate(images[0], prompts[0], max_new_tokens=6)
     assert [g.tokens for g in got] == [e.tokens for e in expected]
@@ -251,7 +251,7 @@ def test_simulated_gpu_generation_equals_onnxruntime(paper_build, engine_dir, si
 def test_simulated_gpu_profiles_shared_activations_and_no_allocation_per_token(paper_build, engine_dir, simulated):
     device, engines = simulated
     build = Build.open(paper_build[0])
-    backend = trt_backend.TrtBackend(build, engines=engine_dir)
+    backend = tensorrt_backend.TrtBackend(build, engines=engine_dir)
     pipeline = Pipeline(build, backend)
     pipeline.generate(sample_images()[0], "What is shown here?", max_new_tokens=5)
     by_graph = {e.spec["graph"]: e.contexts[0] for e in engines}
@@ -274,7 +274,7 @@ def test_simulated_gpu_profiles_shared_activations_and_no_allocation_per_token(p
 
 def test_simulated_gpu_request_beyond_the_engines_is_refused_with_the_fix(paper_build, engine_dir, simulated):
     build = Build.open(paper_build[0])
-    with Pipeline(build, trt_backend.TrtBackend(build, engines=engine_dir)) as pipeline:
+    with Pipeline(build, tensorrt_backend.TrtBackend(build, engines=engine_dir)) as pipeline:
         with pytest.raises(TransPruneError, match=r"embed \(prefill\): input 'input_ids' has shape \(1, 7\d\d\), "
                                                   r"the engine was built for .*rebuild with larger"):
             pipeline.generate(sample_images()[0], "word " * 150, max_new_tokens=2)
@@ -286,13 +286,13 @@ def test_simulated_gpu_request_beyond_the_engines_is_refused_with_the_fix(paper_
 def test_simulated_gpu_engines_of_another_tensorrt_or_gpu_are_refused(paper_build, engine_dir, simulated,
                                                                       monkeypatch):
     build = Build.open(paper_build[0])
-    monkeypatch.setattr(trt_backend, "running_platform", lambda: Platform("10.7.0", (8, 7)))
+    monkeypatch.setattr(tensorrt_backend, "running_platform", lambda: Platform("10.7.0", (8, 7)))
     with pytest.raises(EngineMismatch, match="built with TensorRT 10.3.0.30, this is TensorRT 10.7.0; .*rebuild"):
-        trt_backend.TrtBackend(build, engines=engine_dir)
-    monkeypatch.setattr(trt_backend, "running_platform", lambda: Platform("10.3.0.30", (9, 0), "H100"))
+        tensorrt_backend.TrtBackend(build, engines=engine_dir)
+    monkeypatch.setattr(tensorrt_backend, "running_platform", lambda: Platform("10.3.0.30", (9, 0), "H100"))
     with pytest.raises(EngineMismatch, match=r"compute capability 8.7 .*this GPU is 9.0 \(H100\); rebuild on the "
                                              r"target"):
-        trt_backend.TrtBackend(build, engines=engine_dir)
+        tensorrt_backend.TrtBackend(build, engines=engine_dir)
 
 
 def test_without_tensorrt_the_backend_says_what_to_install(paper_build, monkeypatch):
@@ -317,7 +317,7 @@ def test_gpu_real_engines_generate_like_onnxruntime(paper_build, tmp_path):
     image, prompt = sample_images()[0], "What is shown here?"
     with Pipeline(build, OrtBackend(build)) as reference:
         expected = reference.generate(image, prompt, max_new_tokens=8)
-    with Pipeline(build, trt_backend.TrtBackend(build, engines=out)) as pipeline:
+    with Pipeline(build, tensorrt_backend.TrtBackend(build, engines=out)) as pipeline:
         got = pipeline.generate(image, prompt, max_new_tokens=8)
     assert got.kept == expected.kept and got.tokens == expected.tokens
 
@@ -336,7 +336,7 @@ def test_simulated_gpu_llava_next_images_of_any_size_fit_one_engine_set(next_bui
     prompts = ["What is shown here?"] * 3
     with Pipeline(build, OrtBackend(build)) as reference:
         expected = [reference.generate(image, prompt, max_new_tokens=4) for image, prompt in zip(images, prompts)]
-    with Pipeline(build, trt_backend.TrtBackend(build, engines=directory)) as pipeline:
+    with Pipeline(build, tensorrt_backend.TrtBackend(build, engines=directory)) as pipeline:
         got = pipeline.generate_batch(images, prompts, max_new_tokens=4)
     assert [g.image_tokens for g in got] == [e.image_tokens for e in expected]
     assert len({g.image_tokens[0] for g in got}) == 3 and max(g.image_tokens[0] for g in got) == 2928

@@ -7,11 +7,12 @@
   the hungriest engine and profile serves them all, which is safe because every call runs on one
   CUDA stream, one after another. KV caches are two device buffers per layer and part, sized for
   the whole generation: TensorRT reads ``past`` from one and writes ``present`` into the other,
-  then they swap (as the onnxruntime backend does), so nothing is allocated per token. Input and
-  output buffers grow to the largest call and are then reused.
+  then they swap (the pool and the swap are ``runtime.kv_pool``, shared with the onnxruntime
+  backend), so nothing is allocated per token. Input and output buffers grow to the largest call
+  and are then reused.
 - No torch: TensorRT's Python module and the CUDA runtime through polygraphy's ctypes wrapper.
 
-Engines are checked before use (``trt_engines.load_engine_set``): built by this TensorRT, for this
+Engines are checked before use (``engines.load_engine_set``): built by this TensorRT, for this
 GPU, from this build's graphs. Feeds are checked against the profile's min/max, so a prompt longer
 than the engines were built for fails with a message, not inside TensorRT.
 """
@@ -22,9 +23,10 @@ import numpy as np
 
 from transprune.errors import TransPruneError
 
-from .backend import Backend, KVCache
-from .build import Build, GraphInfo, SegmentInfo
-from .trt_engines import import_tensorrt, load_engine_set, running_platform
+from ..backend import Backend, KVCache
+from ..build import Build, GraphInfo, SegmentInfo
+from ..kv_pool import DoubleBufferedCache, KVBufferPool
+from .engines import import_tensorrt, load_engine_set, running_platform
 
 def check_feed_shapes(graph: str, profile: dict, shapes: dict[str, tuple], values: dict[str, tuple],
                       limits: dict) -> None:
@@ -79,6 +81,13 @@ class _Buffer:
     def __init__(self, device: _Device) -> None:
         self.device, self.ptr, self.nbytes = device, 0, 0
 
+    @classmethod
+    def of(cls, device: _Device, nbytes: int) -> "_Buffer":
+        """A buffer holding ``nbytes`` already (a KV cache side: see ``kv_pool``)."""
+        buffer = cls(device)
+        buffer.at_least(nbytes)
+        return buffer
+
     def at_least(self, nbytes: int) -> int:
         if nbytes > self.nbytes:
             if self.ptr:
@@ -90,14 +99,6 @@ class _Buffer:
         if self.ptr:
             self.device.free(self.ptr)
         self.ptr, self.nbytes = 0, 0
-
-
-class _DeviceCache(KVCache):
-    """A segment's cache: per past input, two device buffers (read side, write side) that swap."""
-
-    def __init__(self, segment: SegmentInfo, batch: int, capacity: int, buffers: dict, generation: int) -> None:
-        super().__init__(segment, batch, capacity, generation)
-        self.buffers = buffers  # past name -> [read buffer, write buffer]
 
 
 class _Graph:
@@ -158,7 +159,11 @@ class TrtBackend(Backend):
                 graph.context.set_device_memory(self.activations.ptr, size)
             else:
                 graph.context.device_memory = self.activations.ptr
-        self._pool: dict[tuple, _Buffer] = {}
+        # (segment, past name, side) -> device buffer sized in bytes; the closure holds the device,
+        # not the backend
+        device = self.device
+        self._pool = KVBufferPool(allocate=lambda nbytes: _Buffer.of(device, nbytes),
+                                  size_of=lambda buffer: buffer.nbytes, release=_Buffer.free)
 
     # -- calls ---------------------------------------------------------------------------------
     def _prepare(self, name: str, feeds: dict, bound: dict[str, tuple[int, tuple]]) -> tuple["_Graph", list]:
@@ -219,17 +224,10 @@ class TrtBackend(Backend):
     def new_cache(self, segment: SegmentInfo, *, batch: int, capacity: int) -> KVCache:
         itemsize = np.dtype(self.build.float_type).itemsize
         nbytes = batch * segment.kv_heads * capacity * segment.head_dim * itemsize
-        buffers = {}
-        for past, _ in segment.kv:
-            sides = []
-            for side in (0, 1):
-                buffer = self._pool.setdefault((segment.index, past, side), _Buffer(self.device))
-                buffer.at_least(nbytes)
-                sides.append(buffer)
-            buffers[past] = sides
-        return _DeviceCache(segment, batch, capacity, buffers, self.generation)
+        buffers = self._pool.segment_buffers(segment, nbytes)
+        return DoubleBufferedCache(segment, batch, capacity, buffers, self.generation)
 
-    def run_segment(self, segment: SegmentInfo, feeds: dict, cache: KVCache) -> dict:
+    def run_segment(self, segment: SegmentInfo, feeds: dict, cache: DoubleBufferedCache) -> dict:
         if cache.generation != self.generation:
             raise TransPruneError("this cache belongs to a generation that a newer one superseded (its device "
                                   "buffers were reused); finish one generation before starting the next")
@@ -240,14 +238,13 @@ class TrtBackend(Backend):
         heads, dim = segment.kv_heads, segment.head_dim
         bound = {}
         for past, present in segment.kv:
-            read, write = cache.buffers[past]
+            read, write = cache.sides(past)
             bound[past] = (read.ptr, (cache.batch, heads, cache.length, dim))
             bound[present] = (write.ptr, (cache.batch, heads, cache.length + new, dim))
         graph, keep_alive = self._prepare(segment.name, feeds, {k: v for k, v in bound.items()
                                                                  if k in dict(segment.kv)})
         out = self._execute(graph, bound, keep_alive)
-        for past, _ in segment.kv:
-            cache.buffers[past].reverse()  # what was written is read next
+        cache.flip()  # what was written is read next
         cache.length += new
         return out
 
@@ -255,10 +252,10 @@ class TrtBackend(Backend):
         for graph in getattr(self, "graphs", {}).values():
             for buffer in graph.buffers.values():
                 buffer.free()
-        for buffer in getattr(self, "_pool", {}).values():
-            buffer.free()
+        if hasattr(self, "_pool"):
+            self._pool.clear()
         if hasattr(self, "activations"):
             self.activations.free()
-        self.graphs, self._pool = {}, {}
+        self.graphs = {}
         if hasattr(self, "device"):
             self.device.close()

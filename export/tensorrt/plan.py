@@ -1,8 +1,10 @@
 """The build plan: what ``transprune-build`` builds, as JSON, and as a ``trtexec`` script for the device.
 
 One plan feeds three consumers, so they cannot drift apart: the polygraphy build
-(``trt_build``), the shell script of ``trtexec`` commands (for a Jetson whose JetPack has trtexec
-but no pip), and the engine metadata the runtime checks (``transprune.runtime.trt_engines``).
+(``engines``), the shell script of ``trtexec`` commands (for a Jetson whose JetPack has trtexec
+but no pip), and the engine metadata the runtime checks (``transprune.runtime.tensorrt.engines``,
+which also owns the plan's file name, ``PLAN_FILE``: the runtime reads the plan and cannot import
+this side).
 
 Paths: the plan names each graph by its file inside the build directory and each engine by its
 file inside the engine directory; the script takes the build directory from ``$BUILD_DIR``
@@ -18,12 +20,14 @@ import shlex
 from pathlib import Path
 
 from transprune.errors import TransPruneError
+from transprune.files import write_atomic
 from transprune.runtime.build import Build
+from transprune.runtime.tensorrt.engines import PLAN_FILE
 
-from .trt_profiles import InputProfile, Profile, ShapeLimits, build_profiles, kv_cache_bytes
-from .trt_targets import Target, estimate_memory, weight_bytes_at
+from .memory import estimate_memory, weight_bytes_at
+from .profiles import InputProfile, Profile, ShapeLimits, build_profiles, kv_cache_bytes
+from .targets import Target
 
-PLAN_FILE = "plan.json"
 SCRIPT_FILE = "build_engines.sh"
 TIMING_CACHE_FILE = "timing.cache"
 PLAN_SCHEMA = 1
@@ -120,7 +124,7 @@ def trtexec_script(plan: dict) -> str:
         quoted = [_quote(a) for a in argv]
         lines.append(" \\\n    ".join(quoted))
     lines += ["", "# engine metadata (TensorRT version, GPU, profiles) beside each engine, for the runtime's checks",
-              '"$PYTHON" -m transprune.runtime.trt_engines record . --built-with trtexec', ""]
+              '"$PYTHON" -m transprune.runtime.tensorrt.engines record . --built-with trtexec', ""]
     return "\n".join(lines)
 
 
@@ -165,16 +169,10 @@ def write_plan(plan: dict, engine_dir: Path) -> tuple[Path, Path]:
     """Writes plan.json and the trtexec script into ``engine_dir`` (each atomically)."""
     engine_dir.mkdir(parents=True, exist_ok=True)
     plan_path, script_path = engine_dir / PLAN_FILE, engine_dir / SCRIPT_FILE
-    _write_atomic(plan_path, json.dumps(plan, indent=1) + "\n")
-    _write_atomic(script_path, trtexec_script(plan))
+    write_atomic(plan_path, json.dumps(plan, indent=1) + "\n")
+    write_atomic(script_path, trtexec_script(plan))
     script_path.chmod(0o755)
     return plan_path, script_path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 def profiles_from_plan(engine: dict) -> list[Profile]:

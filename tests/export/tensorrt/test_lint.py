@@ -1,4 +1,4 @@
-"""transprune.export.trt_lint and operator_matrix on real graphs: hand-built and dynamo-exported."""
+"""transprune.export.tensorrt.lint and operator_matrix on real graphs: hand-built and dynamo-exported."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from transprune.errors import TransPruneError  # noqa: E402
-from transprune.export import operator_matrix  # noqa: E402
-from transprune.export.operator_matrix import (  # noqa: E402
+from transprune.export.tensorrt import operator_matrix  # noqa: E402
+from transprune.export.tensorrt.operator_matrix import (  # noqa: E402
     MATRIX_FILENAME,
     MatrixFormatError,
     load_matrix,
     parse_matrix,
 )
-from transprune.export.trt_lint import lint_directory, lint_model  # noqa: E402
+from transprune.export.tensorrt.lint import lint_directory, lint_model  # noqa: E402
 
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHARED_MATRIX = REPO.parent / "shared" / "reference" / MATRIX_FILENAME
 
 
@@ -126,7 +126,7 @@ def test_packaged_matrix_is_the_shared_reference():
 
 def test_pyproject_ships_the_matrix():
     text = (REPO / "pyproject.toml").read_text()
-    assert '"transprune.export" = ["data/*.md"]' in text
+    assert '"transprune.export.tensorrt" = ["data/*.md"]' in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +438,7 @@ def test_lint_directory(tmp_path):
 
 
 def test_cli_exit_status(tmp_path, capsys):
-    from transprune.export.trt_lint import main
+    from transprune.export.tensorrt.lint import main
 
     onnx.save(clean_model(), tmp_path / "a.onnx")
     assert main([str(tmp_path)]) == 0

@@ -235,10 +235,10 @@ def test_the_torch_backend_refuses_a_checkpoint_of_another_model(paper_build, ti
     import copy
 
     from transprune.runtime.build import Build
-    from transprune.runtime.torch_backend import TorchBackend
+    from transprune.runtime.backend import ReferenceBackend
 
     build = Build.open(paper_build[0])
     manifest = copy.deepcopy(build.manifest)
     manifest["model"]["facts"]["hidden_size"] = 4096
     with pytest.raises(TransPruneError, match="not the model this build was exported from.*hidden_size.*--checkpoint"):
-        TorchBackend(Build.from_manifest(paper_build[0], manifest), checkpoint=tiny_checkpoint)
+        ReferenceBackend(Build.from_manifest(paper_build[0], manifest), checkpoint=tiny_checkpoint)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from transprune.errors import TransPruneError
 from transprune.runtime.build import Build, GraphInfo
 
+from transprune.export.kinds import kind_of
+
 # The shapes TensorRT tunes kernels for: one image, a typical question (LLaVA's chat prompt with a
 # one-sentence question is 40-60 text tokens), a short answer.
 OPT_BATCH = 1
@@ -143,66 +145,65 @@ def alive_ranges(build: Build) -> list[Range]:
     return ranges
 
 
-def _vision_ranges(build: Build, batch: Range, image: Range) -> dict[str, Range]:
-    if not build.anyres:
-        return {"batch": batch}
-    from transprune.runtime.anyres import num_tiles
-    from transprune.runtime.inputs import ImageInputs
+@dataclass(frozen=True)
+class AxisContext:
+    """What a graph kind's ``trt_axes`` reads: the build, the ranges every kind shares, and the
+    image tokens alive before each segment (``alive_ranges``)."""
 
-    settings = ImageInputs(build).anyres
-    tiles = Range(1, batch.opt * num_tiles(OPT_IMAGE_SIZE, settings), batch.max * settings.max_tiles)
-    return {"batch": batch, "tiles": tiles, "image": image}
-
-
-def _axis_ranges(build: Build, graph: GraphInfo, phase: str, limits: ShapeLimits,
-                 alive: list[Range]) -> dict[str, Range]:
-    """{axis name: range} for ``graph`` in ``phase``; ``alive``: ``alive_ranges(build)``."""
-    batch = Range(1, min(OPT_BATCH, limits.max_batch), limits.max_batch)
-    text = Range(1, min(OPT_TEXT_TOKENS, limits.max_text_tokens), limits.max_text_tokens)
-    generated = Range(1, min(OPT_NEW_TOKENS, limits.max_new_tokens), limits.max_new_tokens)
+    build: Build
+    batch: Range
+    text: Range  # text tokens of a prompt
+    generated: Range  # tokens of an answer
+    alive: list[Range]
+    PREFILL = PREFILL
+    DECODE = DECODE
     one = Range.fixed(1)
-    if graph.kind in ("vision",):
-        return _vision_ranges(build, batch, alive[0])
-    if graph.kind in ("embed", "prefill_inputs"):
-        return {"batch": batch, "seq": text.plus(alive[0]) if phase == PREFILL else one, "image": alive[0]}
-    if graph.kind == "head":
-        return {"batch": batch, "seq": text.plus(alive[-1]) if phase == PREFILL else one}
-    if graph.kind == "segment":
-        image = alive[_segment(build, graph).index]
-        if phase == PREFILL:
-            seq = text.plus(image)
-            return {"batch": batch, "seq": seq, "past": Range.fixed(0), "total": seq}
-        # the cache holds the prompt and every token generated before this one; opt: halfway
-        # through a typical answer
-        past = Range(image.min + text.min, image.opt + text.opt + generated.opt // 2,
-                     image.max + text.max + generated.max - 1)
-        return {"batch": batch, "seq": one, "past": past, "total": past.plus(1)}
-    if graph.kind == "scorer":
-        image = alive[_stage(build, graph)]  # what the segment before it saw
-        return {"batch": batch, "seq": text.plus(image), "alive": image}
-    raise TransPruneError(f"graph {graph.name!r} has kind {graph.kind!r}, which has no TensorRT profile")
+    opt_image_size = OPT_IMAGE_SIZE
+    topk_k_limit = TOPK_K_LIMIT
+
+    @classmethod
+    def of(cls, build: Build, limits: ShapeLimits) -> "AxisContext":
+        return cls(build=build, batch=Range(1, min(OPT_BATCH, limits.max_batch), limits.max_batch),
+                   text=Range(1, min(OPT_TEXT_TOKENS, limits.max_text_tokens), limits.max_text_tokens),
+                   generated=Range(1, min(OPT_NEW_TOKENS, limits.max_new_tokens), limits.max_new_tokens),
+                   alive=alive_ranges(build))
+
+    @property
+    def prompt(self) -> Range:
+        """A whole prompt before any prune: its text and every image token."""
+        return self.text.plus(self.alive[0])
+
+    @staticmethod
+    def range(low: int, opt: int, high: int) -> Range:
+        return Range(low, opt, high)
+
+    @staticmethod
+    def fixed(n: int) -> Range:
+        return Range.fixed(n)
+
+    def segment(self, graph: GraphInfo):
+        return next(s for s in self.build.segments if s.name == graph.name)
+
+    def stage(self, graph: GraphInfo) -> int:
+        """A scorer's prune stage: the index of the segment it follows."""
+        return next(i for i, s in self.build.scorers.items() if s.name == graph.name)
 
 
-def _segment(build: Build, graph: GraphInfo):
-    return next(s for s in build.segments if s.name == graph.name)
-
-
-def _stage(build: Build, graph: GraphInfo) -> int:
-    """A scorer's prune stage: the index of the segment it follows."""
-    return next(i for i, s in build.scorers.items() if s.name == graph.name)
-
-
-def graph_profiles(build: Build, graph: GraphInfo, limits: ShapeLimits) -> list[Profile]:
-    """One profile per phase the graph runs in, in ``GraphInfo.phases`` order."""
+def graph_profiles(build: Build, graph: GraphInfo, limits: ShapeLimits,
+                   context: AxisContext | None = None) -> list[Profile]:
+    """One profile per phase the graph runs in, in ``GraphInfo.phases`` order; the axis ranges
+    (and shape-tensor values) come from the graph's kind (``export/kinds``)."""
+    kind = kind_of(graph.kind)
+    context = context or AxisContext.of(build, limits)
+    values = kind.trt_values(graph, context)
     profiles = []
-    alive = alive_ranges(build)
     for phase in graph.phases:
-        axes = _axis_ranges(build, graph, phase, limits, alive)
+        axes = kind.trt_axes(graph, phase, context)
         inputs = []
         for tensor in graph.inputs:
-            if graph.kind == "scorer" and tensor.name == "keep":
-                keep = _keep_range(graph, alive[_stage(build, graph) + 1])
-                inputs.append(InputProfile(tensor.name, (keep.min,), (keep.opt,), (keep.max,), value=True))
+            if tensor.name in values:
+                value = values[tensor.name]
+                inputs.append(InputProfile(tensor.name, (value.min,), (value.opt,), (value.max,), value=True))
                 continue
             try:
                 dims = [Range.fixed(a) if isinstance(a, int) else axes[a] for a in tensor.axes]
@@ -215,18 +216,10 @@ def graph_profiles(build: Build, graph: GraphInfo, limits: ShapeLimits) -> list[
     return profiles
 
 
-def _keep_range(graph: GraphInfo, keep: Range) -> Range:
-    """The values of a scorer's ``keep`` (its fixed count, or int(n * ratio) over the image range),
-    checked against TensorRT's TopK limit."""
-    if keep.max >= TOPK_K_LIMIT:
-        raise TransPruneError(f"{graph.name} keeps up to {keep.max} image tokens, but TensorRT's TopK needs K < "
-                              f"{TOPK_K_LIMIT}; lower the first keep ratio for TensorRT builds")
-    return keep
-
-
 def build_profiles(build: Build, limits: ShapeLimits) -> dict[str, list[Profile]]:
     """{graph name: its profiles} for every graph of the build, in chain order."""
-    return {graph.name: graph_profiles(build, graph, limits) for graph in build.graphs.values()}
+    context = AxisContext.of(build, limits)
+    return {graph.name: graph_profiles(build, graph, limits, context) for graph in build.graphs.values()}
 
 
 def kv_cache_bytes(build: Build, limits: ShapeLimits) -> int:

@@ -79,9 +79,9 @@ def test_stage_scores_are_the_scorers_parts_and_match_the_torch_backend(pipeline
 
 def _torch_backend(paper_build):
     pytest.importorskip("torch")
-    from transprune.runtime.torch_backend import TorchBackend
+    from transprune.runtime.backend import ReferenceBackend
 
-    return TorchBackend(Build.open(paper_build[0]))
+    return ReferenceBackend(Build.open(paper_build[0]))
 
 
 def test_cli_writes_png_and_json_and_refuses_bad_output(paper_build, tmp_path, capsys):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from transprune.errors import TransPruneError
-from transprune.export.trt_profiles import build_profiles, kv_cache_bytes, shape_limits
+from transprune.export.tensorrt.profiles import build_profiles, kv_cache_bytes, shape_limits
 from transprune.runtime.build import Build
 from transprune.schedule import Schedule, preset
 
@@ -121,7 +121,7 @@ def test_limits_outside_the_build_are_refused(spec_build, kwargs, message):
 def test_the_real_chain_feeds_fit_the_profiles_of_their_phase(paper_build):
     """Every input of every graph call in a real onnxruntime generation of the tiny build (prefill
     and two decode steps) lies within the min/max of the profile for its phase."""
-    from transprune.export.trt_build import record_chain_feeds
+    from transprune.export.tensorrt.engines import record_chain_feeds
 
     build = Build.open(paper_build[0])
     profiles = build_profiles(build, shape_limits(build, max_text_tokens=64, max_new_tokens=8))
@@ -143,7 +143,7 @@ def test_llava_next_7b_profiles_cover_every_image_size(spec_build):
     """LLaVA-NeXT: an image gives 576 (base tile only) .. 2928 (2 x 2 tiles filled) tokens, so every
     image count is a range, tuned (opt) for a 640x480 photo: 5 tiles, 36 of 48 grid rows kept,
     576 + 36 * 48 + 36 = 2340 tokens; each scorer's K is int(n * ratio) over that range."""
-    from transprune.export.trt_profiles import alive_ranges, image_token_range, kv_cache_bytes_for
+    from transprune.export.tensorrt.profiles import alive_ranges, image_token_range, kv_cache_bytes_for
 
     build = spec_build("llava-next-7b", preset("paper"))
     assert build.anyres and build.image_tokens == (576, 2928)

@@ -8,11 +8,11 @@ import shutil
 import pytest
 
 from transprune.errors import TransPruneError
-from transprune.export.trt_plan import make_plan, write_plan
-from transprune.export.trt_profiles import shape_limits
-from transprune.export.trt_targets import get_target
+from transprune.export.tensorrt.plan import make_plan, write_plan
+from transprune.export.tensorrt.profiles import shape_limits
+from transprune.export.tensorrt.targets import get_target
 from transprune.runtime.build import Build
-from transprune.runtime.trt_engines import (EngineMismatch, Platform, check_metadata, find_engine_dir,
+from transprune.runtime.tensorrt.engines import (EngineMismatch, Platform, check_metadata, find_engine_dir,
                                             load_engine_set, make_metadata, metadata_path, record, write_metadata)
 
 ORIN = Platform("10.3.0.30", (8, 7), "Jetson AGX Orin")
