@@ -55,3 +55,32 @@ def test_three_import_packages_map_to_top_level_folders():
     root = Path(transprune.__file__).resolve().parent.parent
     assert Path(transprune.export.__file__).resolve().parent in {root / "export", Path(transprune.__file__).resolve().parent / "export"}
     assert Path(transprune.runtime.__file__).resolve().parent.name == "runtime"
+
+
+def test_every_source_folder_is_a_listed_package():
+    """A subpackage left out of pyproject's list imports from the tree but is missing from the wheel."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"transprune": "transprune", "export": "transprune.export", "runtime": "transprune.runtime"}
+    found = set()
+    for folder, package in folders.items():
+        for init in (root / folder).rglob("*.py"):
+            if "__pycache__" not in init.parts:
+                found.add(".".join((package, *init.parent.relative_to(root / folder).parts)))
+    assert found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"
+
+
+def test_tensorrt_planning_imports_with_torch_blocked():
+    """transprune-build plans engines on a Jetson with JetPack's python3: no torch, no onnx."""
+    code = BLOCK_TORCH + textwrap.dedent(
+        """
+        import transprune.export.tensorrt.plan, transprune.export.tensorrt.profiles, transprune.cli.build
+        import transprune.runtime.tensorrt.backend
+        assert "torch" not in sys.modules and "transformers" not in sys.modules
+        """
+    )
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
