@@ -1,4 +1,4 @@
-"""Traces one graph module to ONNX from its spec (torch.onnx dynamo exporter, DESIGN §6)."""
+"""Traces one graph module to ONNX from its spec (torch.onnx dynamo exporter, docs/DESIGN.md §6)."""
 
 from __future__ import annotations
 

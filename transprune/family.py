@@ -4,7 +4,7 @@ A family is what differs between LLaVA-1.5 and LLaVA-NeXT for this toolkit: the 
 classes that load it and whether images are tiled (anyres: a base tile plus a grid of tiles, so
 the image-token count depends on each image's size). Everything else reads the family (or the
 ``anyres`` fact derived from it) instead of testing ``model_type`` again; a new family is one
-entry in ``FAMILIES``. docs/DESIGN.md, "Model families", says where the family is used.
+entry in ``FAMILIES`` (docs/DESIGN.md §4 says where the family is used).
 """
 
 from __future__ import annotations

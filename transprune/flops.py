@@ -1,4 +1,4 @@
-"""Prefill FLOPs of the LLaVA decoder under a pruning schedule (DESIGN §2). Pure Python.
+"""Prefill FLOPs of the LLaVA decoder under a pruning schedule (docs/DESIGN.md §2). Pure Python.
 
 Conventions (so the numbers can be checked by hand):
 
@@ -41,7 +41,7 @@ def iga_flops(*, n: int, n_text: int, d: int, kv_width: int) -> int:
     """Cost of one IGA scoring pass over n tokens (n_text of them text): q_proj for the text
     tokens, k_proj for all tokens (kv_width = num_kv_heads*head_dim), and the scores.
 
-    Why this is less than DESIGN's "about 2% of baseline": the reference code projects q, k AND v
+    Why this is less than docs/DESIGN.md's "about 2% of baseline": the reference code projects q, k AND v
     for every token and forms the full n x n score matrix, i.e. about 3*n*d^2 + n^2*d per prune
     point, which for LLaVA-1.5-7B/paper/64 text tokens is about 2.0% of the whole-prompt baseline.
     We compute queries only for text tokens and skip v_proj (it only fed RoPE in the reference

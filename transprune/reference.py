@@ -2,7 +2,7 @@
 
 Everything the exporter and runtime produce is checked against this module. It re-runs the
 language model layer by layer with transformers' own submodules (norms, attention, MLP, rotary
-embedding), so with schedule ``none`` it is plain transformers, and adds (DESIGN §1):
+embedding), so with schedule ``none`` it is plain transformers, and adds (docs/DESIGN.md §1):
 
     segment 0: layers 1..p1  --score+prune-->  segment 1: layers p1+1..p2  --> ... --> norm, lm_head
 

@@ -5,7 +5,7 @@ read the same ``Schedule``.
 
 Layers are numbered 1..L as in the paper. "Prune after layer p" means the output of layer p is
 scored and compacted before layer p+1 runs, so p must lie in 1..L-1. Keep ratios are fractions of
-the ORIGINAL image-token count and the keep count is ``int(n_image * ratio)`` (paper, DESIGN §1).
+the ORIGINAL image-token count and the keep count is ``int(n_image * ratio)`` (paper, docs/DESIGN.md §1).
 """
 
 from __future__ import annotations

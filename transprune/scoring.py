@@ -1,4 +1,4 @@
-"""TransPrune's scores as small pure tensor functions (DESIGN §1), batched, per sample.
+"""TransPrune's scores as small pure tensor functions (docs/DESIGN.md §1), batched, per sample.
 
 Shapes: B batch, S sequence, D hidden, N image tokens currently alive, H/Hkv heads, E head dim.
 Every reduction that the paper's reference code does over "all tokens in the tensor" (which

@@ -2,7 +2,7 @@
 
 A graph that TensorRT cannot parse is found out on the target (a Jetson), after a long export;
 this lint finds the known causes on the export machine, in well under a second per graph, from the
-operator matrix (``operator_matrix``) and DESIGN.md §4. It reads only the graph: a path is loaded
+operator matrix (``operator_matrix``) and docs/DESIGN.md §5. It reads only the graph: a path is loaded
 with ``load_external_data=False``, so multi-GB weights are never read.
 
 Checks, in order (each issue names the node, its op type and the rule):

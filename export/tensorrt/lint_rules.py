@@ -2,7 +2,7 @@
 
 ``Linter`` is a ``lint_graph.LintGraph`` (the graph, read and indexed) with the checks: the model's
 opset, IR version and domains, every node against the operator matrix (``operator_matrix``) and
-DESIGN.md §4's restrictions, and the tensor-wide type rules. ``lint.lint_model`` runs it.
+docs/DESIGN.md §5's restrictions, and the tensor-wide type rules. ``lint.lint_model`` runs it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ _MATRIX_TYPE_NAMES = {
     TensorProto.DOUBLE: "DOUBLE",
 }
 
-# DESIGN.md §4's constant-input rules; the matrix states the same, this keeps them if a future
+# docs/DESIGN.md §5's constant-input rules; the matrix states the same, this keeps them if a future
 # matrix rewords its Restrictions column.
 _REDUCE_OPS = (
     "ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd "

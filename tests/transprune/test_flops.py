@@ -1,4 +1,4 @@
-"""The FLOPs model (DESIGN §2): a hand-checked toy model, then the paper's published figures."""
+"""The FLOPs model (docs/DESIGN.md §2): a hand-checked toy model, then the paper's published figures."""
 
 import dataclasses
 

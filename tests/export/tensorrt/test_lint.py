@@ -265,7 +265,7 @@ def test_axes_through_constant_node_passes_and_computed_axes_fail():
 
 
 def test_generic_constant_input_rule_from_the_matrix():
-    # Pad's `axes` and OneHot's `depth`: not in DESIGN's list, read from the Restrictions column
+    # Pad's `axes` and OneHot's `depth`: not in docs/DESIGN.md §5 list, read from the Restrictions column
     pad = helper.make_node("Pad", ["x", "pads", "", "axes"], ["y"], name="pad")
     inputs = [vi("x"), vi("axes", INT64, [1])]
     report = lint_model(model([pad], inputs, [vi("y", shape=None)], [i64("pads", [1, 1])]))
