@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import io
 import json
 import os
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,9 +31,20 @@ from transprune.flops import flops_report  # noqa: E402
 from transprune.presets import model_preset  # noqa: E402
 from transprune.schedule import preset  # noqa: E402
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-import bench_next  # noqa: E402
+from transprune.bench import next_image_sizes  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_next.py"
+
+
+def load_script():
+    """scripts/bench_next.py as a module (scripts/ is not a package), for its ``main``."""
+    spec = importlib.util.spec_from_file_location("bench_next_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_next = load_script()
 
 NEW_TOKENS = 2  # --quick
 # image tokens of these sizes on LLaVA-NeXT-7B's grid pinpoints (tiny-next uses the same ones)
@@ -153,9 +164,9 @@ def test_wrong_kept_counts_exit_1_with_an_error_line(report, transprune_cache, t
     (both builds are reused; one small image keeps it to a few seconds)."""
     _, _, exports = report
     monkeypatch.setenv("TRANSPRUNE_CACHE", str(transprune_cache))
-    monkeypatch.setattr(bench_next, "QUICK_IMAGES", (("small", 336, 224),))
-    real = bench_next.expected_image_tokens
-    monkeypatch.setattr(bench_next, "expected_image_tokens",
+    monkeypatch.setattr(next_image_sizes, "QUICK_IMAGES", (("small", 336, 224),))
+    real = next_image_sizes.expected_image_tokens
+    monkeypatch.setattr(next_image_sizes, "expected_image_tokens",
                         lambda n: {**real(n), "pruned": [n, *(k + 1 for k in real(n)["pruned"][1:])]})
     out = tmp_path / "bad.json"
     code, _ = run_main(["--quick", "--threads", "1", "--exports", str(exports), "--out", str(out)])

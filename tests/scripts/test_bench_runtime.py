@@ -5,7 +5,8 @@ Runs the script as a subprocess (``--model tiny --repeats 1 --new-tokens 3``) wi
 session's ``paper_build`` is copied into the exports folder first, so the script reuses it and
 exports only the unpruned build. Timings are not checked against any target (a shared machine
 makes them noise); only that they exist and are positive, and that the FLOPs ratio, the kept
-counts and the token counts are what they must be. About a minute.
+counts and the token counts are what they must be. About a minute. (The build-reuse rule itself:
+tests/transprune/bench/test_builds.py.)
 """
 
 from __future__ import annotations
@@ -133,25 +134,3 @@ def test_prints_a_markdown_table(report):
     for row in ("| prefill (ms) |", "| decode (ms/token) |", "| time to first token (ms) |",
                 f"| total, {NEW_TOKENS} new tokens (ms) |", "| peak RSS (MiB) |"):
         assert any(line.startswith(row) for line in lines), row
-
-
-def test_a_build_from_an_older_exporter_is_not_reused(paper_build, tmp_path):
-    """Reuse needs the same schedule, checkpoint and dtype, and today's graph inputs and outputs: a
-    build whose scorers lack an output the exporter now writes is exported afresh."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    import bench_runtime
-
-    build, manifest = paper_build
-    checkpoint = Path(manifest["model"]["checkpoint"])
-    assert bench_runtime.stale_reason(build, preset("paper"), checkpoint) is None
-    assert "schedule" in bench_runtime.stale_reason(build, preset("ttv-only"), checkpoint)
-    older = shutil.copytree(build, tmp_path / "older")
-    data = json.loads((older / "manifest.json").read_text())
-    for graph in data["graphs"]:
-        graph["outputs"] = [t for t in graph["outputs"] if t["name"] not in ("ttv_score", "iga_score")]
-    (older / "manifest.json").write_text(json.dumps(data))
-    assert "an older exporter wrote it" in bench_runtime.stale_reason(older, preset("paper"), checkpoint)
-    data["schema_version"] = 2  # written before LLaVA-NeXT builds changed the manifest
-    (older / "manifest.json").write_text(json.dumps(data))
-    assert "manifest schema is 2, this transprune writes 3" in bench_runtime.stale_reason(older, preset("paper"),
-                                                                                         checkpoint)
