@@ -41,7 +41,7 @@ def dynamic_shapes(spec: GraphSpec, module: torch.nn.Module):
         raise ValueError(f"{spec.name}: {type(module).__name__}.forward takes {named}{' + *args' if variadic else ''} "
                          f"but the spec's inputs are {spec_names}")
     shapes = [{i: dim(a) for i, a in enumerate(t.axes) if isinstance(a, str)} for t in spec.inputs]
-    if variadic:  # forward(a, b, *rest): rest is one tuple
+    if variadic and len(shapes) > len(named):  # forward(a, b, *rest) fed more than a, b: rest is one tuple
         shapes = [*shapes[:len(named)], tuple(shapes[len(named):])]
     return tuple(shapes)
 

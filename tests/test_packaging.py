@@ -84,3 +84,16 @@ def test_tensorrt_planning_imports_with_torch_blocked():
     )
     result = run_python(code)
     assert result.returncode == 0, result.stderr
+
+
+def test_no_test_folder_passes_for_an_importable_module():
+    """tests/export/tensorrt and tests/runtime/tensorrt mirror the source; on sys.path they would
+    be a namespace package ``tensorrt``, and the code would take TensorRT for installed."""
+    import importlib.util
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    for name in ("tensorrt", "tensorrt_rtx", "polygraphy", "runtime", "export"):
+        spec = importlib.util.find_spec(name)
+        where = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+        assert not any(tests in p.parents or p == tests for p in where), f"{name} resolves to {where}"
