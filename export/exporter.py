@@ -52,7 +52,8 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     from .kinds.base import Examples
     from .onnx_writer import export_graph
     from .processor import TOKENIZER_FILE, check_processor, export_processor, load_processor
-    from .tensorrt.lint import lint_model
+    from .tensorrt.check import LINT_CHECKER, check_graph, manifest_entries
+    from transprune.runtime.tensorrt.engines import importable_modules
     from .weights import CheckpointWeights, MetaWeights
 
     out = Path(out)
@@ -83,6 +84,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     _check_free_space(out.parent, needed)
 
     examples = Examples(weights.dtype, n_image=facts.n_image, image_token_id=facts.image_token_id)
+    parsers = importable_modules()  # the real TensorRT parsers that check each graph (none: the lint alone)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     steps = len(specs) + (1 if validate else 0)
     try:
@@ -98,10 +100,9 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             export_graph(module, spec, path, args=args, opset=opset, weights=weights)
             del module
             files = sorted(p.name for p in staging.glob(f"{spec.name}.onnx*"))
-            lint = lint_model(path, name=spec.name)
+            check = check_graph(path, name=spec.name, modules=parsers)
             entries.append({**_concrete_dtypes(spec.to_dict(), DTYPES[dtype]), "file": f"{spec.name}.onnx",
-                            "trt_lint": {"ok": lint.ok, "errors": [i.message for i in lint.errors],
-                                         "warnings": [i.message for i in lint.warnings]},
+                            **manifest_entries(check),
                             "sha256": {name: sha256(staging / name) for name in files},
                             "bytes": sum((staging / name).stat().st_size for name in files),
                             "export_seconds": round(time.perf_counter() - started, 2)})
@@ -124,6 +125,9 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             "limits": limits,
             "flops": flops_report(model=preset, schedule=schedule).to_dict(),
             "graphs": entries,
+            # which checkers passed every graph: the real parsers that imported here, and the lint
+            "trt_check": {"ok": all(e["trt_lint"]["ok"] and all(p["ok"] for p in e["trt_parse"]) for e in entries),
+                          "checkers": [p["checker"] for p in entries[0]["trt_parse"]] + [LINT_CHECKER]},
             **inputs_sections,
             "processor_files": processor_files,
             "versions": _versions(),

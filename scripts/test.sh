@@ -2,6 +2,7 @@
 # Quick start, step 2: set up and run the test suite (no GPU, no network models needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh export,dev
+# rtx: TensorRT-RTX, whose parser and builder (no GPU needed) build every tiny graph in the tests
+bash scripts/setup_env.sh export,dev,rtx
 venv="${TRANSPRUNE_VENV:-.venv}"
 "$venv/bin/python" -m pytest "$@"

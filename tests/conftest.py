@@ -9,9 +9,26 @@ imported only when a test asks for one of them.
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
 
 import pytest
+
+REQUIRE_RTX_ENV = "TRANSPRUNE_REQUIRE_TENSORRT_RTX"
+
+
+@pytest.fixture
+def tensorrt_rtx():
+    """The ``tensorrt_rtx`` module (a real TensorRT builder and parser that needs no GPU), or a skip
+    that says how to get it. CI sets TRANSPRUNE_REQUIRE_TENSORRT_RTX=1, which turns the skip into a
+    failure: there, a graph TensorRT cannot parse or build must fail the run, not skip it."""
+    try:
+        return importlib.import_module("tensorrt_rtx")
+    except ImportError as exc:
+        if os.environ.get(REQUIRE_RTX_ENV) == "1":
+            pytest.fail(f"{REQUIRE_RTX_ENV}=1 but tensorrt_rtx does not import ({exc}); install the rtx extra")
+        pytest.skip(f"needs TensorRT-RTX (pip install tensorrt-rtx-cu12, or scripts/test.sh): {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +62,29 @@ def paper_build(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("builds") / "tiny-paper"
     manifest = export_model(model=str(tiny_checkpoint), out=out, schedule=preset("paper"))
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def schedule_build(tmp_path_factory, tiny_checkpoint, paper_build):
+    """``schedule_build(name, dtype="fp32", validate=True)`` -> (build directory, manifest) of tiny
+    exported with schedule ``name``: each (name, dtype) exported once per session, shared by every
+    test that asks (about a minute each with validation; paper fp32 is ``paper_build``)."""
+    import json
+
+    from transprune.export.exporter import export_model
+    from transprune.schedule import preset
+
+    root = tmp_path_factory.mktemp("schedules")
+
+    def build(name: str, *, dtype: str = "fp32", validate: bool = True):
+        if (name, dtype) == ("paper", "fp32"):
+            return paper_build
+        out = root / f"{name}-{dtype}{'' if validate else '-unvalidated'}"
+        if not out.exists():
+            export_model(model=str(tiny_checkpoint), out=out, schedule=preset(name), dtype=dtype, validate=validate)
+        return out, json.loads((out / "manifest.json").read_text())
+
+    return build
 
 
 @pytest.fixture(scope="session")

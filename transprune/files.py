@@ -10,24 +10,33 @@ temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
 
-__all__ = ["write_atomic"]
+__all__ = ["atomic_writer", "write_atomic"]
 
 _ATTEMPTS = 100  # temporary names are random: a clash means another writer, so try another name
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: str | bytes | memoryview) -> None:
     """Writes ``data`` (text as UTF-8) to ``path`` atomically; the new file gets the permissions a
     plain ``open(path, "w")`` would give it (0o666 less the umask)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data  # bytes-like: written without a copy
+    with atomic_writer(path) as file:
+        file.write(payload)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike):
+    """A binary file to write ``path``'s new content into, piece by piece (an engine streamed out of
+    TensorRT's builder); it replaces ``path`` only when the ``with`` block ends without an error."""
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     temporary, fd = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as file:
-            file.write(payload)
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

@@ -1,7 +1,9 @@
-"""Building a plan's engines with TensorRT through polygraphy, and comparing them with onnxruntime.
+"""Building a plan's engines (TensorRT or TensorRT-RTX, through their builder API), and comparing
+them with onnxruntime (TensorRT only, through polygraphy's comparator).
 
-TensorRT and polygraphy are imported inside the functions that need them: the plan, the trtexec
-script and everything the tests check here work without either.
+One build path serves both modules: ``network`` parses, checks, configures and builds; only the
+module imported differs. TensorRT and polygraphy are imported inside the functions that need them:
+the plan, the trtexec script and everything the tests check without either work here.
 
 ``--compare`` feeds every engine the inputs the onnxruntime chain really produced for a sample
 image and prompt (prefill and two decode steps, recorded per graph and phase), because random
@@ -22,8 +24,10 @@ from transprune.files import write_atomic
 from transprune.runtime.backend import Backend
 from transprune.runtime.build import Build
 from transprune.runtime.manifest import resolve_inside
-from transprune.runtime.tensorrt.engines import import_tensorrt, running_platform, write_metadata
+from transprune.runtime.tensorrt.engines import Platform, import_tensorrt, running_platform, write_metadata
 
+from .network import (add_profiles, build_to_file, check_inputs, configure, make_logger, parse_graph,
+                      timing_cache_bytes)
 from .plan import profiles_from_plan
 
 DECODE_STEPS = 2
@@ -31,54 +35,54 @@ DECODE_STEPS = 2
 
 def build_engines(plan: dict, build: Build, engine_dir: Path, *, timing_cache: Path | None = None,
                   log=print) -> list[Path]:
-    """Builds every engine of ``plan`` (polygraphy + TensorRT), then writes its metadata."""
-    trt = import_tensorrt()
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
-    from polygraphy.backend.trt import Profile as PolygraphyProfile
-
-    platform = running_platform()
-    wanted = tuple(plan["target"]["compute_capability"])
-    if platform.compute_capability != wanted:
-        log(f"warning: this GPU is SM {platform.compute_capability[0]}.{platform.compute_capability[1]}, "
-            f"{plan['target']['name']} is SM {wanted[0]}.{wanted[1]}: these engines will run only on GPUs like "
-            f"this one; build on the target for the target")
-    timing_cache = Path(timing_cache) if timing_cache else engine_dir / plan["timing_cache"]
-    precision = plan["precision"]
-    written = []
+    """Builds every engine of ``plan`` with the target's module (TensorRT or TensorRT-RTX), each
+    checked against the manifest first, and writes its metadata beside it. TensorRT builds for the
+    GPU it runs on; TensorRT-RTX needs no GPU and builds for the target's compute capabilities."""
+    target = plan["target"]
+    module = target.get("module", "tensorrt")
+    trt = import_tensorrt(module)
+    if module == "tensorrt_rtx":
+        platform = Platform(trt.__version__, None, "", module)  # ahead of time: no GPU is involved
+        capabilities = [tuple(cc) for cc in target["compute_capabilities"]]
+    else:
+        platform, capabilities = running_platform(module), None
+        wanted = tuple(target["compute_capability"])
+        if platform.compute_capability != wanted:
+            here = platform.compute_capability
+            log(f"warning: this GPU is SM {here[0]}.{here[1]}, {target['name']} is SM {wanted[0]}.{wanted[1]}: these "
+                f"engines will run only on GPUs like this one; build on the target for the target")
+    # TensorRT times tactics on the GPU and keeps the results; TensorRT-RTX times nothing ahead of time
+    timing_cache = None if module == "tensorrt_rtx" else (Path(timing_cache) if timing_cache
+                                                           else engine_dir / plan["timing_cache"])
+    cache = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else None
+    logger = make_logger(trt, log=log)
+    manifest_graphs = {g["name"]: g for g in build.manifest["graphs"]}
+    precision, written = plan["precision"], []
     for number, engine in enumerate(plan["engines"], 1):
         started = time.perf_counter()
-        log(f"[{number}/{len(plan['engines'])}] {engine['graph']}: building {precision} engine "
-            f"({len(engine['profiles'])} profile{'s' if len(engine['profiles']) > 1 else ''})")
-        onnx_path = resolve_inside(build.directory, engine["onnx"])
-        builder, network, parser = NetworkFromOnnxPath(str(onnx_path))()
-        # The scorers' keep (TopK's K) is planned as a shape-tensor value; should this TensorRT parse
-        # it as an ordinary 0-d input instead, it gets a fixed scalar shape (its value is then read
-        # from device memory, and the runtime uploads it, see transprune.runtime.tensorrt.backend).
-        shape_tensors = {network.get_input(i).name for i in range(network.num_inputs)
-                         if network.get_input(i).is_shape_tensor}
-        profiles = []
-        for profile in profiles_from_plan(engine):
-            poly = PolygraphyProfile()
-            for spec in profile.inputs:
-                if spec.value and spec.name not in shape_tensors:
-                    poly.add(spec.name, (), (), ())
-                else:
-                    poly.add(spec.name, spec.min, spec.opt, spec.max)
-            profiles.append(poly)
-        config = CreateConfig(
-            fp16=precision in ("fp16", "fp8"), bf16=precision == "bf16", fp8=precision == "fp8",
-            profiles=profiles,
-            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan["target"]["workspace_mib"] << 20},
-            load_timing_cache=str(timing_cache) if timing_cache.is_file() else None)
-        serialized = EngineBytesFromNetwork((builder, network, parser), config=config,
-                                            save_timing_cache=str(timing_cache))()
-        if serialized is None:
-            raise TransPruneError(f"TensorRT could not build {engine['graph']} (see its log above)")
+        graph, profiles = engine["graph"], profiles_from_plan(engine)
+        log(f"[{number}/{len(plan['engines'])}] {graph}: building {precision} engine with {platform.product} "
+            f"({len(profiles)} profile{'s' if len(profiles) > 1 else ''})")
+        parsed = parse_graph(trt, resolve_inside(build.directory, engine["onnx"]), logger=logger)
+        if not parsed.ok:
+            raise TransPruneError(f"{graph}: the {parsed.checker} rejected {len(parsed.rejected)} node(s): "
+                                  + "; ".join(r.describe() for r in parsed.rejected))
+        check_inputs(parsed, graph=graph, manifest_inputs=manifest_graphs[graph]["inputs"],
+                     shape_tensors={spec.name for spec in profiles[0].inputs if spec.value})
+        config = configure(parsed, precision=precision, workspace_bytes=target["workspace_mib"] << 20,
+                           compute_capabilities=capabilities, timing_cache=cache)
+        add_profiles(parsed, config, profiles)
         path = resolve_inside(engine_dir, engine["engine"])
-        write_atomic(path, bytes(serialized))
-        write_metadata(engine, plan, path, platform, built_with="polygraphy")
+        size = build_to_file(parsed, config, graph=graph, path=path)
+        cache = timing_cache_bytes(config) if timing_cache is not None else None
+        del parsed, config  # the builder's copy of the weights goes before the next graph's arrive
+        seconds = time.perf_counter() - started
+        write_metadata(engine, plan, path, platform, built_with=f"transprune ({module} builder API)",
+                       build_seconds=seconds)
         written.append(path)
-        log(f"    {path.name}: {path.stat().st_size / 2**20:.1f} MiB in {time.perf_counter() - started:.1f} s")
+        log(f"    {path.name}: {size / 2**20:.1f} MiB in {seconds:.1f} s")
+    if timing_cache is not None and cache:
+        write_atomic(timing_cache, cache)
     return written
 
 

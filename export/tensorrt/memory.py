@@ -56,12 +56,14 @@ class MemoryEstimate:
 
 
 def weight_bytes_at(export_weight_bytes: int, export_dtype: str, precision: str) -> int:
-    """Engine weight bytes: TensorRT stores fp32 weights of an fp32 export at the build precision.
+    """Engine weight bytes: TensorRT stores fp32 weights of an fp32 export at the build precision
+    (TensorRT-RTX's fp32 "precision" keeps them at 4 bytes).
 
     fp8 without Q/DQ nodes in the graph quantizes nothing, so its weights stay 16-bit.
     """
     export_width = {"fp32": 4, "fp16": 2}[export_dtype]
-    return export_weight_bytes * 2 // export_width
+    engine_width = 4 if precision == "fp32" else 2
+    return export_weight_bytes * engine_width // export_width
 
 
 def estimate_memory(*, target: Target, weights: int, kv_cache: int) -> MemoryEstimate:
@@ -115,6 +117,8 @@ def memory_rows(*, model: str, text_tokens: int, new_tokens: int, batch: int = 1
     rows = []
     for target in TARGETS.values():
         for precision in target.precisions:
+            if precision == "fp32":  # TensorRT-RTX's fp32 exports: not how a 7B model is deployed
+                continue
             row = {"target": target.name, "memory_gib": target.memory_gib, "precision": precision}
             for name in schedules:
                 per_layer = schedule_preset(name).tokens_per_layer(num_layers=spec.text.num_layers,

@@ -1,8 +1,9 @@
 """The build plan: what ``transprune-build`` builds, as JSON, and as a ``trtexec`` script for the device.
 
-One plan feeds three consumers, so they cannot drift apart: the polygraphy build
-(``engines``), the shell script of ``trtexec`` commands (for a Jetson whose JetPack has trtexec
-but no pip), and the engine metadata the runtime checks (``transprune.runtime.tensorrt.engines``,
+One plan feeds three consumers, so they cannot drift apart: the builder-API build (``engines``,
+TensorRT or TensorRT-RTX), the shell script (``trtexec`` commands for a Jetson whose JetPack has
+trtexec but no pip; for TensorRT-RTX, whose wheel ships no command-line builder, the same API
+build as a command), and the engine metadata the runtime checks (``transprune.runtime.tensorrt.engines``,
 which also owns the plan's file name, ``PLAN_FILE``: the runtime reads the plan and cannot import
 this side).
 
@@ -40,7 +41,11 @@ def make_plan(build: Build, *, target: Target, precision: str, limits: ShapeLimi
     if lint_failures:
         raise TransPruneError(f"graphs {lint_failures} failed the TensorRT lint at export (see the manifest's "
                               f"trt_lint entries); TensorRT would not parse them. Re-export with --opset 18..20")
-    profiles = build_profiles(build, limits)
+    rejected = [g["name"] for g in build.manifest["graphs"] if not all(p["ok"] for p in g.get("trt_parse", []))]
+    if rejected:
+        raise TransPruneError(f"graphs {rejected} were rejected by a TensorRT parser at export (see the manifest's "
+                              f"trt_parse entries); `transprune-export --check-trt {build.directory}` lists the nodes")
+    profiles = build_profiles(build, limits, merge=target.module == "tensorrt_rtx")
     weights = sum(int(g.get("bytes", 0)) for g in build.manifest["graphs"])
     memory = estimate_memory(target=target, weights=weight_bytes_at(weights, build.manifest["dtype"], precision),
                              kv_cache=kv_cache_bytes(build, limits))
@@ -90,7 +95,7 @@ def _shapes_arg(profile: dict, which: str) -> str:
 
 def trtexec_command(engine: dict, plan: dict, *, build_dir: str = "$BUILD_DIR") -> list[str]:
     """One engine's trtexec argv; profiles in plan order (trtexec numbers them as given)."""
-    precision_flags = {"fp16": ["--fp16"], "bf16": ["--bf16"], "fp8": ["--fp16", "--fp8"]}[plan["precision"]]
+    precision_flags = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"], "fp8": ["--fp16", "--fp8"]}[plan["precision"]]
     argv = ["$TRTEXEC", f"--onnx={build_dir}/{engine['onnx']}", f"--saveEngine={engine['engine']}",
             *precision_flags]
     for profile in engine["profiles"]:
@@ -99,6 +104,39 @@ def trtexec_command(engine: dict, plan: dict, *, build_dir: str = "$BUILD_DIR") 
     argv += [f"--memPoolSize=workspace:{plan['target']['workspace_mib']}M",
              f"--timingCacheFile={plan['timing_cache']}", "--skipInference"]
     return argv
+
+
+def build_script(plan: dict) -> str:
+    """The plan's build as a bash script: trtexec commands for a TensorRT target (to run on the
+    device), or, for TensorRT-RTX (whose wheel ships no command-line builder), the same API build
+    ``transprune-build`` does, runnable on any machine."""
+    if plan["target"].get("module", "tensorrt") == "tensorrt_rtx":
+        return rtx_script(plan)
+    return trtexec_script(plan)
+
+
+def rtx_script(plan: dict) -> str:
+    """A bash script that rebuilds a TensorRT-RTX plan through transprune's builder API."""
+    target, limits = plan["target"], plan["limits"]
+    command = ["$PYTHON", "-m", "transprune.cli.build", "$BUILD_DIR", "--target", target["name"], "--out", "."]
+    sizes = ["--max-batch", str(limits["max_batch"]), "--max-text-tokens", str(limits["max_text_tokens"]),
+             "--max-new-tokens", str(limits["max_new_tokens"]), "--memory-gib", f"{target['memory_gib']:g}"]
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Builds the TensorRT-RTX engines of a transprune build for {target['name']} ({target['gpu']}),",
+        f"# {plan['precision']} (the export's types: TensorRT-RTX networks are strongly typed). Any machine will",
+        "# do, GPU or not: the engines are built ahead of time and specialised on the RTX GPU at first run.",
+        "# TensorRT-RTX's pip wheel has no command-line builder, so this is transprune-build's API build",
+        "# (pip install tensorrt-rtx-cu12); it writes the engine metadata itself.",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        f"BUILD_DIR=\"${{BUILD_DIR:-{plan['build_dir']}}}\"",
+        'PYTHON="${PYTHON:-python3}"',
+        " ".join(_quote(a) for a in command) + " \\",
+        "    " + " ".join(_quote(a) for a in sizes),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def trtexec_script(plan: dict) -> str:
@@ -129,8 +167,8 @@ def trtexec_script(plan: dict) -> str:
 
 
 def _quote(arg: str) -> str:
-    # keep $BUILD_DIR and $TRTEXEC expandable: double-quote arguments that reference them
-    return f'"{arg}"' if "$BUILD_DIR" in arg or "$TRTEXEC" in arg else shlex.quote(arg)
+    # keep $BUILD_DIR, $TRTEXEC and $PYTHON expandable: double-quote arguments that reference them
+    return f'"{arg}"' if any(v in arg for v in ("$BUILD_DIR", "$TRTEXEC", "$PYTHON")) else shlex.quote(arg)
 
 
 def parse_trtexec_script(text: str) -> dict[str, dict]:
@@ -166,11 +204,11 @@ def _parse_shapes(spec: str) -> dict[str, tuple[int, ...]]:
 
 
 def write_plan(plan: dict, engine_dir: Path) -> tuple[Path, Path]:
-    """Writes plan.json and the trtexec script into ``engine_dir`` (each atomically)."""
+    """Writes plan.json and the build script into ``engine_dir`` (each atomically)."""
     engine_dir.mkdir(parents=True, exist_ok=True)
     plan_path, script_path = engine_dir / PLAN_FILE, engine_dir / SCRIPT_FILE
     write_atomic(plan_path, json.dumps(plan, indent=1) + "\n")
-    write_atomic(script_path, trtexec_script(plan))
+    write_atomic(script_path, build_script(plan))
     script_path.chmod(0o755)
     return plan_path, script_path
 

@@ -6,6 +6,13 @@ budget leaves room for the OS and the Python process; a datacenter budget leaves
 CUDA context and fragmentation. ``memory.estimate_memory`` checks a build against that budget
 before anything is built, so an 8 GB Orin Nano is refused a 14 GB fp16 7B model on the export
 machine, not after an hour of engine building on the device.
+
+Two builders: ``tensorrt`` (TensorRT 10: Jetson and datacenter GPUs; engines are built on the
+target, for its one GPU architecture) and ``tensorrt_rtx`` (TensorRT-RTX: desktop and
+workstation RTX GPUs; engines are built ahead of time on any machine, no GPU needed, for a list
+of compute capabilities, and specialised on the device by a JIT step). TensorRT-RTX networks are
+strongly typed: an engine computes in the ONNX graph's own types, so its "precision" is the
+export's dtype and nothing else (``resolve_precision``).
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from dataclasses import asdict, dataclass
 
 from transprune.errors import TransPruneError
 
-PRECISIONS = ("fp16", "bf16", "fp8")
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+MODULES = ("tensorrt", "tensorrt_rtx")
 
 
 @dataclass(frozen=True)
@@ -28,9 +36,22 @@ class Target:
     precisions: tuple[str, ...]
     tensorrt: str  # the TensorRT the platform ships (engines are built with the one on the device)
     jetson: bool
+    module: str = "tensorrt"  # the Python module that builds and runs its engines (MODULES)
+    # TensorRT-RTX only: the GPU generations one engine runs on (ahead-of-time, portable)
+    portable_to: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def compute_capabilities(self) -> tuple[tuple[int, int], ...]:
+        """Every compute capability an engine built for this target runs on."""
+        return self.portable_to or (self.compute_capability,)
+
+    @property
+    def builds_ahead_of_time(self) -> bool:
+        """True where engines are built on any machine (TensorRT-RTX), not on the target itself."""
+        return self.module == "tensorrt_rtx"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "compute_capabilities": [list(cc) for cc in self.compute_capabilities]}
 
 
 TARGETS: dict[str, Target] = {
@@ -50,6 +71,13 @@ TARGETS: dict[str, Target] = {
     # fp8 tensor cores start with Ada (SM 8.9) and Hopper (SM 9.0).
     "datacenter-hopper": Target("datacenter-hopper", "H100 80 GB (Hopper, SM 9.0)", (9, 0), 80, 76.0,
                                 8192, ("fp16", "bf16", "fp8"), "10.x (pip or NGC)", False),
+    # TensorRT-RTX 1.7: one engine for GeForce RTX 30 (Ampere, SM 8.6), 40 (Ada, SM 8.9), 50 (Blackwell,
+    # SM 12.0) and the A-series/RTX PRO cards of those generations (SM 8.0 included: the builder's
+    # default list). Turing (SM 7.5) needs an explicit request and is left out. Memory: a 24 GB card
+    # (RTX 3090/4090) that also drives a display; --memory-gib moves the budget to another card.
+    "rtx": Target("rtx", "GeForce RTX 30/40/50, RTX PRO (SM 8.0, 8.6, 8.9, 12.0)", (8, 6), 24, 21.0,
+                  4096, ("fp32", "fp16"), "TensorRT-RTX 1.7 (pip tensorrt-rtx-cu12)", False,
+                  module="tensorrt_rtx", portable_to=((8, 0), (8, 6), (8, 9), (12, 0))),
 }
 
 def get_target(name: str) -> Target:
@@ -59,11 +87,28 @@ def get_target(name: str) -> Target:
         raise TransPruneError(f"unknown target {name!r}; use one of {', '.join(TARGETS)}") from None
 
 
+def resolve_precision(target: Target, precision: str | None, *, export_dtype: str) -> str:
+    """The engines' precision: ``precision`` checked against the target, or its default (fp16 for
+    TensorRT; the export's dtype for TensorRT-RTX, whose strongly typed networks compute in the
+    graph's own types, so any other request is refused with the re-export that gives it)."""
+    if target.module == "tensorrt_rtx":
+        if precision not in (None, export_dtype):
+            raise TransPruneError(
+                f"{target.name} builds with TensorRT-RTX, whose networks are strongly typed: engines compute in the "
+                f"export's own types ({export_dtype} here), so --precision {precision} cannot apply; re-export with "
+                f"--dtype {precision} for {precision} engines, or drop --precision")
+        return export_dtype
+    precision = precision or "fp16"
+    check_precision(target, precision)
+    return precision
+
+
 def check_precision(target: Target, precision: str) -> None:
     """Refuses a precision the target's GPU cannot run, naming the ones it can."""
     if precision not in PRECISIONS:
         raise TransPruneError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision not in target.precisions:
-        why = {"fp8": "fp8 needs Ada (SM 8.9) or newer", "bf16": "TensorRT on Orin has no bf16 kernels"}
+        why = {"fp8": "fp8 needs Ada (SM 8.9) or newer", "bf16": "TensorRT on Orin has no bf16 kernels",
+               "fp32": "TensorRT targets build 16-bit engines (an fp32 build runs as fp32 on TensorRT-RTX: --target rtx)"}
         raise TransPruneError(f"{target.name} ({target.gpu}) cannot build {precision}: {why.get(precision, '')}; "
                               f"use --precision {' or '.join(target.precisions)}")

@@ -19,7 +19,7 @@ from transprune.runtime.build import Build
 from .engines import build_engines, compare_engines
 from .plan import make_plan, write_plan
 from .profiles import shape_limits
-from .targets import Target, check_precision, get_target
+from .targets import Target, get_target, resolve_precision
 
 
 class PlannedBuild(NamedTuple):
@@ -45,14 +45,15 @@ def resolve_target(*, name: str, memory_gib: float | None = None) -> Target:
                                memory_gib=memory_gib)
 
 
-def plan_build(*, build_dir: Path, target: str, precision: str = "fp16", max_batch: int = 1,
+def plan_build(*, build_dir: Path, target: str, precision: str | None = None, max_batch: int = 1,
                max_text_tokens: int | None = None, max_new_tokens: int | None = None,
                memory_gib: float | None = None, out: Path | None = None, verify: bool = True) -> PlannedBuild:
     """Checks the request and writes the plan and script into ``out`` (default:
-    ``build_dir/trt-<target>``); nothing is written when the deployment would not fit."""
+    ``build_dir/trt-<target>``); nothing is written when the deployment would not fit.
+    ``precision`` defaults to fp16 for TensorRT targets and is the export's dtype for TensorRT-RTX."""
     spec = resolve_target(name=target, memory_gib=memory_gib)
-    check_precision(spec, precision)
     build = Build.open(Path(build_dir), verify=verify)
+    precision = resolve_precision(spec, precision, export_dtype=build.manifest["dtype"])
     limits = shape_limits(build, max_batch=max_batch, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens)
     engine_dir = Path(out) if out is not None else build.directory / f"trt-{spec.name}"
     plan = make_plan(build, target=spec, precision=precision, limits=limits, engine_dir=engine_dir)
@@ -70,8 +71,13 @@ def plan_build(*, build_dir: Path, target: str, precision: str = "fp16", max_bat
 
 def build_and_compare(*, planned: PlannedBuild, timing_cache: Path | None = None, compare: bool = False,
                       log=print) -> list[str]:
-    """Builds the planned engines (needs TensorRT and polygraphy), then, with ``compare``, runs each
-    against onnxruntime; returns the failed comparisons as "graph (phase)" (empty: all passed)."""
+    """Builds the planned engines (needs the target's TensorRT module), then, with ``compare``, runs
+    each against onnxruntime (TensorRT and polygraphy on a GPU); returns the failed comparisons as
+    "graph (phase)" (empty: all passed)."""
+    if compare and planned.plan["target"]["module"] != "tensorrt":
+        raise TransPruneError(
+            "--compare runs engines, which needs the GPU they are for; TensorRT-RTX builds here without one. On an "
+            "RTX GPU, compare the chain instead: transprune-run BUILD --backend tensorrt against --backend onnxruntime")
     build_engines(planned.plan, planned.build, planned.engine_dir, timing_cache=timing_cache, log=log)
     if not compare:
         return []

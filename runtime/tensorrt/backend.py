@@ -1,5 +1,11 @@
 """The TensorRT backend: one engine and one execution context per graph, built by ``transprune-build``.
 
+- Modules: TensorRT engines (Jetson, datacenter) and TensorRT-RTX engines (``--target rtx``) run
+  through the same code; the module is the one the engine set's plan names, and every engine's
+  metadata must agree. TensorRT-RTX compiles kernels for the GPU at first run (JIT); they are kept
+  in one runtime cache shared by all the engines, read from ``runtime.cache`` beside the engines
+  when it exists and written back (atomically) on ``close``, so later runs start faster.
+
 - Profiles: every engine has a prefill profile and, where the graph also runs per token (embed,
   segments, head), a decode profile; a call picks its phase from its shapes (one new token is a
   decode step) and switches the context's profile only when the phase changes.
@@ -26,7 +32,12 @@ from transprune.errors import TransPruneError
 from ..backend import Backend, KVCache
 from ..build import Build, GraphInfo, SegmentInfo
 from ..kv_pool import DoubleBufferedCache, KVBufferPool
-from .engines import import_tensorrt, load_engine_set, running_platform
+from transprune.files import write_atomic
+
+from .engines import engine_module, find_engine_dir, import_tensorrt, load_engine_set, running_platform
+
+RUNTIME_CACHE_FILE = "runtime.cache"
+RUNTIME_CACHE_LIMIT = 1 << 30  # a bigger file is not a runtime cache of transprune's engines
 
 def check_feed_shapes(graph: str, profile: dict, shapes: dict[str, tuple], values: dict[str, tuple],
                       limits: dict) -> None:
@@ -101,17 +112,48 @@ class _Buffer:
         self.ptr, self.nbytes = 0, 0
 
 
+class RuntimeCache:
+    """TensorRT-RTX's JIT-compiled kernels: one cache for every engine of a set, kept in a file
+    beside the engines (created on first run; a stale or damaged file is ignored, as TensorRT-RTX
+    itself ignores a cache from another GPU or version, and rewritten)."""
+
+    def __init__(self, path) -> None:
+        self.path, self.cache, self.loaded = path, None, False
+
+    def config_for(self, engine, strategy):
+        """A runtime config for ``engine``: contexts without their own activation memory, sharing
+        the one cache."""
+        config = engine.create_runtime_config()
+        config.set_execution_context_allocation_strategy(strategy)
+        if self.cache is None:
+            self.cache = config.create_runtime_cache()
+            if self.path.is_file() and self.path.stat().st_size <= RUNTIME_CACHE_LIMIT:
+                self.loaded = bool(self.cache.deserialize(self.path.read_bytes()))
+        config.set_runtime_cache(self.cache)
+        return config
+
+    def save(self) -> None:
+        if self.cache is not None:
+            write_atomic(self.path, bytes(self.cache.serialize()))
+
+
 class _Graph:
     """One engine, its context, its profiles by phase, and its reusable I/O buffers."""
 
-    def __init__(self, trt, runtime, device: _Device, info: GraphInfo, path, meta: dict) -> None:
+    def __init__(self, trt, runtime, device: _Device, info: GraphInfo, path, meta: dict,
+                 runtime_cache: RuntimeCache | None = None) -> None:
         self.info, self.meta = info, meta
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise TransPruneError(f"{path}: TensorRT {trt.__version__} could not load this engine; rebuild it here "
+            raise TransPruneError(f"{path}: {trt.__name__} {trt.__version__} could not load this engine; rebuild it "
                                   f"with transprune-build")
-        self.context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-        self.profiles = {p["phase"]: index for index, p in enumerate(meta["profiles"])}
+        strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        if runtime_cache is not None:
+            self.context = self.engine.create_execution_context(runtime_cache.config_for(self.engine, strategy))
+        else:
+            self.context = self.engine.create_execution_context(strategy)
+        # phase -> profile index; a TensorRT-RTX engine has one profile for both ("prefill+decode")
+        self.profiles = {phase: index for index, p in enumerate(meta["profiles"]) for phase in p["phase"].split("+")}
         self.active_profile = None
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -137,18 +179,23 @@ class TrtBackend(Backend):
         ``verify``: check the engine files' sha256 (default: as the build's files were).
         ``threads`` is accepted for a uniform CLI and ignored (TensorRT runs on the GPU)."""
         super().__init__(build)
+        directory = find_engine_dir(build, engines)
+        self.module = engine_module(directory)
         try:
-            trt = import_tensorrt()
+            trt = import_tensorrt(self.module)
         except TransPruneError as exc:
+            needs = "TensorRT-RTX and an RTX GPU" if self.module == "tensorrt_rtx" else "TensorRT and an NVIDIA GPU"
             raise TransPruneError(f"the tensorrt backend runs engines built by transprune-build on a machine with "
-                                  f"TensorRT and an NVIDIA GPU: {exc}; here, use --backend onnxruntime") from None
+                                  f"{needs}: {exc}; here, use --backend onnxruntime") from None
         verify = build.verified if verify is None else verify
-        self.engine_set = load_engine_set(build, engines, platform=running_platform(), verify=verify)
+        self.engine_set = load_engine_set(build, directory, platform=running_platform(self.module), verify=verify)
         self.limits = self.engine_set.plan["limits"]
         self.device = _Device()
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
-        self.graphs = {name: _Graph(trt, runtime, self.device, build.graphs[name], path, meta)
+        self.runtime_cache = (RuntimeCache(self.engine_set.directory / RUNTIME_CACHE_FILE)
+                              if self.module == "tensorrt_rtx" else None)
+        self.graphs = {name: _Graph(trt, runtime, self.device, build.graphs[name], path, meta, self.runtime_cache)
                        for name, (path, meta) in self.engine_set.engines.items()}
         # one activation buffer for every context: calls never overlap on the single stream
         self.activations = _Buffer(self.device)
@@ -249,6 +296,8 @@ class TrtBackend(Backend):
         return out
 
     def close(self) -> None:
+        if getattr(self, "runtime_cache", None) is not None and getattr(self, "graphs", None):
+            self.runtime_cache.save()  # the kernels compiled so far, for the next run
         for graph in getattr(self, "graphs", {}).values():
             for buffer in graph.buffers.values():
                 buffer.free()

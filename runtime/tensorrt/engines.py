@@ -1,11 +1,14 @@
 """Engine metadata: what each TensorRT engine was built for, written beside it and checked at load.
 
 A serialized engine runs only under the TensorRT version that built it and on GPUs of the compute
-capability it was built on; loading it anywhere else fails deep inside TensorRT or, worse, works
-with a graph that no longer matches the build. So every ``<graph>.engine`` gets a
-``<graph>.engine.json``: TensorRT version, compute capability, precision, profiles (by phase),
-and the sha256 of the ONNX graph and of the engine file. ``check_metadata`` compares it with what
-is running and refuses a mismatch with a message that says to rebuild on the target.
+capabilities it was built for; loading it anywhere else fails deep inside TensorRT or, worse,
+works with a graph that no longer matches the build. So every ``<graph>.engine`` gets a
+``<graph>.engine.json``: the module that built it (``tensorrt`` or ``tensorrt_rtx``) and its
+version, the compute capabilities it runs on (TensorRT: the building GPU's; TensorRT-RTX: the
+list it was built ahead of time for), precision, profiles (by phase), and the sha256 of the ONNX
+graph and of the engine file. ``check_metadata`` compares it with what is running and refuses a
+mismatch with a message that says to rebuild. The runtime picks the module to load from the
+metadata (``engine_module``), so one backend runs both kinds of engine set.
 
 ``python -m transprune.runtime.tensorrt.engines record DIR`` writes the metadata after a trtexec build
 (the script ``transprune-build`` writes ends with it); it needs the ``tensorrt`` module.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib
 import json
 import sys
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ from transprune.files import write_atomic
 from ..build import Build
 from ..manifest import resolve_inside, sha256
 
-METADATA_SCHEMA = 1
+METADATA_SCHEMA = 2  # 2: the building module and a list of compute capabilities
 # The build plan beside the engines (written by transprune.export.tensorrt.plan, which imports this
 # name: the runtime cannot import the export side).
 PLAN_FILE = "plan.json"
@@ -36,20 +40,47 @@ class EngineMismatch(TransPruneError):
     """An engine that cannot run here or does not belong to this build."""
 
 
+# name -> (product name, where to get it when the import fails)
+MODULES = {
+    "tensorrt": ("TensorRT", "On a Jetson it comes with JetPack (apt install python3-libnvinfer; use the system "
+                             "python3); on x86 install it from NVIDIA's index (pip install tensorrt "
+                             "--extra-index-url https://pypi.nvidia.com): PyPI alone has only a placeholder"),
+    "tensorrt_rtx": ("TensorRT-RTX", "Install it from PyPI: pip install tensorrt-rtx-cu12 (or transprune's `rtx` "
+                                     "extra); it builds engines without a GPU and runs them on RTX GPUs"),
+}
+
+
 @dataclass(frozen=True)
 class Platform:
-    """What is running: TensorRT's version and the GPU's compute capability."""
+    """What is running (or building): the TensorRT module and version, and the GPU's compute
+    capability (``None`` for a TensorRT-RTX build on a machine without a GPU)."""
 
     tensorrt_version: str
-    compute_capability: tuple[int, int]
+    compute_capability: tuple[int, int] | None
     gpu_name: str = ""
+    module: str = "tensorrt"
+
+    @property
+    def product(self) -> str:
+        return MODULES[self.module][0]
 
 
 def metadata_path(engine_path: Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def make_metadata(engine: dict, plan: dict, platform: Platform, *, engine_sha256: str, built_with: str) -> dict:
+def runs_on(plan: dict, platform: Platform) -> list[list[int]]:
+    """The compute capabilities an engine of ``plan`` built on ``platform`` runs on: TensorRT-RTX's
+    are the target's list (built ahead of time), TensorRT's the building GPU's own."""
+    if platform.module == "tensorrt_rtx":
+        return [list(cc) for cc in plan["target"]["compute_capabilities"]]
+    if platform.compute_capability is None:
+        raise TransPruneError("TensorRT builds engines for the GPU it runs on, and none was found")
+    return [list(platform.compute_capability)]
+
+
+def make_metadata(engine: dict, plan: dict, platform: Platform, *, engine_sha256: str, built_with: str,
+                  build_seconds: float | None = None) -> dict:
     return {
         "schema": METADATA_SCHEMA,
         "graph": engine["graph"],
@@ -57,9 +88,11 @@ def make_metadata(engine: dict, plan: dict, platform: Platform, *, engine_sha256
         "engine_sha256": engine_sha256,
         "onnx": engine["onnx"],
         "onnx_sha256": engine["onnx_sha256"],
+        "tensorrt_module": platform.module,
         "tensorrt_version": platform.tensorrt_version,
-        "compute_capability": list(platform.compute_capability),
+        "compute_capabilities": runs_on(plan, platform),
         "gpu_name": platform.gpu_name,
+        "build_seconds": None if build_seconds is None else round(build_seconds, 2),
         "target": plan["target"]["name"],
         "precision": plan["precision"],
         "limits": plan["limits"],
@@ -79,25 +112,35 @@ def check_metadata(meta: dict, *, platform: Platform, onnx_sha256: str, where: s
     if meta.get("schema") != METADATA_SCHEMA:
         raise EngineMismatch(f"{where}: engine metadata schema {meta.get('schema')!r}, this runtime reads "
                              f"{METADATA_SCHEMA}; rebuild the engines with transprune-build")
+    module = meta["tensorrt_module"]
+    if module not in MODULES:
+        raise EngineMismatch(f"{where}: built with an unknown module {module!r}; rebuild with transprune-build")
+    if module != platform.module:
+        raise EngineMismatch(f"{where}: built with {MODULES[module][0]}, but {platform.product} is loading it; "
+                             f"engines of one set must come from one builder: rebuild them with transprune-build")
     built, running = meta["tensorrt_version"], platform.tensorrt_version
     if _version_key(built) != _version_key(running):
-        raise EngineMismatch(f"{where}: built with TensorRT {built}, this is TensorRT {running}; engines do not "
-                             f"carry over between TensorRT versions: rebuild on the target with transprune-build "
-                             f"(or its build_engines.sh)")
-    cc = tuple(meta["compute_capability"])
-    if cc != tuple(platform.compute_capability):
-        raise EngineMismatch(f"{where}: built for a GPU of compute capability {cc[0]}.{cc[1]} "
-                             f"({meta.get('gpu_name') or meta.get('target')}), this GPU is "
-                             f"{platform.compute_capability[0]}.{platform.compute_capability[1]}"
-                             f"{' (' + platform.gpu_name + ')' if platform.gpu_name else ''}; rebuild on the "
-                             f"target with transprune-build")
+        how = ("rebuild on the target with transprune-build (or its build_engines.sh)" if module == "tensorrt" else
+               f"rebuild with this {platform.product} (transprune-build --target {meta.get('target')})")
+        raise EngineMismatch(f"{where}: built with {platform.product} {built}, this is {platform.product} {running}; "
+                             f"engines do not carry over between versions: {how}")
+    capabilities = [tuple(cc) for cc in meta["compute_capabilities"]]
+    here = platform.compute_capability
+    if here is None or tuple(here) not in capabilities:
+        built_for = ", ".join(f"{a}.{b}" for a, b in capabilities)
+        running_on = "no GPU" if here is None else f"{here[0]}.{here[1]}"
+        raise EngineMismatch(f"{where}: built for GPUs of compute capability {built_for} "
+                             f"({meta.get('gpu_name') or meta.get('target')}), this GPU is {running_on}"
+                             f"{' (' + platform.gpu_name + ')' if platform.gpu_name else ''}; rebuild "
+                             f"{'on the target ' if module == 'tensorrt' else 'for this GPU '}with transprune-build")
     if meta["onnx_sha256"] != onnx_sha256:
         raise EngineMismatch(f"{where}: built from a different {meta['onnx']} than the build's (sha256 "
                              f"{meta['onnx_sha256'][:12]} vs {onnx_sha256[:12]}); the build was re-exported after "
                              f"the engines were built: rebuild them with transprune-build")
-    phases = [p["phase"] for p in meta["profiles"]]
+    phases = [phase for p in meta["profiles"] for phase in p["phase"].split("+")]
     if not phases or phases[0] != "prefill" or len(set(phases)) != len(phases):
-        raise EngineMismatch(f"{where}: profiles {phases} are not prefill[, decode]; rebuild with transprune-build")
+        raise EngineMismatch(f"{where}: profiles {[p['phase'] for p in meta['profiles']]} are not prefill[, decode] "
+                             f"or prefill+decode; rebuild with transprune-build")
 
 
 @dataclass(frozen=True)
@@ -121,17 +164,34 @@ def find_engine_dir(build: Build, engine_dir: Path | None) -> Path:
     return found[0]
 
 
+def engine_module(engine_dir: Path) -> str:
+    """The module (``tensorrt`` or ``tensorrt_rtx``) that built the engine set in ``engine_dir``,
+    from its plan's target; the metadata of every engine is checked against it at load."""
+    module = _read_plan(Path(engine_dir)).get("target", {}).get("module", "tensorrt")
+    if module not in MODULES:
+        raise EngineMismatch(f"{engine_dir}: the plan names an unknown TensorRT module {module!r}; rebuild the "
+                             f"engines with transprune-build")
+    return module
+
+
+def _read_plan(directory: Path) -> dict:
+    try:
+        plan = json.loads((directory / PLAN_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise TransPruneError(f"{directory}: cannot read {PLAN_FILE} ({exc}); build engines with "
+                              f"transprune-build") from None
+    if not isinstance(plan, dict):
+        raise TransPruneError(f"{directory / PLAN_FILE}: not a plan (a JSON object); build engines with transprune-build")
+    return plan
+
+
 def load_engine_set(build: Build, engine_dir: Path | None, *, platform: Platform, verify: bool = True) -> EngineSet:
     """Reads the plan and every engine's metadata and checks them against ``build`` and ``platform``.
 
     Every graph of the build needs an engine; engine paths may not leave the engine directory.
     """
     directory = find_engine_dir(build, engine_dir)
-    try:
-        plan = json.loads((directory / PLAN_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise TransPruneError(f"{directory}: cannot read {PLAN_FILE} ({exc}); build engines with "
-                              f"transprune-build") from None
+    plan = _read_plan(directory)
     planned = {e["graph"]: e for e in plan.get("engines", [])}
     engines = {}
     for graph in build.graphs.values():
@@ -158,9 +218,10 @@ def load_engine_set(build: Build, engine_dir: Path | None, *, platform: Platform
     return EngineSet(directory, plan, engines)
 
 
-def running_platform() -> Platform:
-    """The TensorRT version and GPU of this machine (imports tensorrt and the CUDA runtime)."""
-    trt = import_tensorrt()
+def running_platform(module: str = "tensorrt") -> Platform:
+    """The TensorRT module's version and the GPU of this machine (imports the module and the CUDA
+    runtime)."""
+    trt = import_tensorrt(module)
     from polygraphy import cuda
 
     handle = cuda.wrapper().handle
@@ -169,7 +230,7 @@ def running_platform() -> Platform:
     # cudaDevAttrComputeCapabilityMajor = 75, ...Minor = 76 (cuda_runtime_api.h)
     cuda.wrapper().check(handle.cudaDeviceGetAttribute(ctypes.byref(major), 75, device))
     cuda.wrapper().check(handle.cudaDeviceGetAttribute(ctypes.byref(minor), 76, device))
-    return Platform(trt.__version__, (major.value, minor.value), _gpu_name())
+    return Platform(trt.__version__, (major.value, minor.value), _gpu_name(), module)
 
 
 def _gpu_name() -> str:
@@ -180,23 +241,37 @@ def _gpu_name() -> str:
         return ""
 
 
-def import_tensorrt():
-    """The ``tensorrt`` module, or a TransPruneError that says where to get it."""
+def import_tensorrt(module: str = "tensorrt"):
+    """The ``tensorrt`` or ``tensorrt_rtx`` module, or a TransPruneError that says where to get it."""
+    if module not in MODULES:
+        raise TransPruneError(f"unknown TensorRT module {module!r}; use one of {', '.join(MODULES)}")
     try:
-        import tensorrt
+        return importlib.import_module(module)
     except ImportError as exc:
-        raise TransPruneError(
-            f"TensorRT's Python module is not importable here ({exc}). On a Jetson it comes with JetPack "
-            f"(apt install python3-libnvinfer; use the system python3); on x86 install it from NVIDIA's index "
-            f"(pip install tensorrt --extra-index-url https://pypi.nvidia.com): PyPI alone has only a placeholder") from None
-    return tensorrt
+        product, hint = MODULES[module]
+        raise TransPruneError(f"{product}'s Python module is not importable here ({exc}). {hint}") from None
+
+
+def importable_modules() -> list[str]:
+    """The TensorRT modules that import here, TensorRT first."""
+    found = []
+    for module in MODULES:
+        try:
+            import_tensorrt(module)
+        except TransPruneError:
+            continue
+        found.append(module)
+    return found
 
 
 def record(engine_dir: Path, *, built_with: str, platform: Platform | None = None) -> list[Path]:
     """Writes metadata beside every engine the plan in ``engine_dir`` lists (after a trtexec build),
     after checking that TensorRT here deserializes each one."""
     engine_dir = Path(engine_dir)
-    plan = json.loads((engine_dir / PLAN_FILE).read_text())
+    plan = _read_plan(engine_dir)
+    if engine_module(engine_dir) != "tensorrt":
+        raise TransPruneError(f"{engine_dir}: a TensorRT-RTX plan; its engines are built (and their metadata "
+                              f"written) by transprune-build --target {plan['target']['name']}")
     platform = platform or running_platform()
     written = []
     for engine in plan["engines"]:
@@ -208,9 +283,11 @@ def record(engine_dir: Path, *, built_with: str, platform: Platform | None = Non
     return written
 
 
-def write_metadata(engine: dict, plan: dict, path: Path, platform: Platform, *, built_with: str) -> Path:
+def write_metadata(engine: dict, plan: dict, path: Path, platform: Platform, *, built_with: str,
+                   build_seconds: float | None = None) -> Path:
     """Writes ``<engine>.json`` beside the engine at ``path`` (atomically)."""
-    meta = make_metadata(engine, plan, platform, engine_sha256=sha256(path), built_with=built_with)
+    meta = make_metadata(engine, plan, platform, engine_sha256=sha256(path), built_with=built_with,
+                         build_seconds=build_seconds)
     out = metadata_path(path)
     write_atomic(out, json.dumps(meta, indent=1) + "\n")
     return out

@@ -24,6 +24,14 @@ def test_paper_chain_matches_reference(paper_build):
     for graph in on_disk["graphs"]:
         assert (out / graph["file"]).is_file()
         assert graph["trt_lint"]["ok"], (graph["name"], graph["trt_lint"]["errors"])
+        assert all(p["ok"] for p in graph["trt_parse"]), (graph["name"], graph["trt_parse"])
+    # which checkers passed: the lint always, and every TensorRT parser that imported at export
+    import importlib.util
+
+    check = on_disk["trt_check"]
+    assert check["ok"] and check["checkers"][-1].startswith("transprune operator lint")
+    has_rtx = importlib.util.find_spec("tensorrt_rtx") is not None
+    assert any(c.startswith("tensorrt_rtx ") and c.endswith(" ONNX parser") for c in check["checkers"]) == has_rtx
 
 
 def test_existing_directory_is_refused_without_force(paper_build, tmp_path):

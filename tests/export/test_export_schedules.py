@@ -1,28 +1,15 @@
 """Chain parity for the other schedules and for fp16 (paper: test_export_chain, iga-only: the CLI
-test). Each export takes about a minute on tiny, so each schedule is exported exactly once."""
-
-import json
+test). Each export takes about a minute on tiny, so each schedule is exported exactly once per
+session (``schedule_build`` in tests/conftest.py, shared with the TensorRT-RTX engine builds)."""
 
 import numpy as np
 import onnx
 import pytest
 
-from transprune.schedule import preset
 
-
-@pytest.fixture(scope="module")
-def builds(tmp_path_factory, tiny_checkpoint):
-    from transprune.export.exporter import export_model
-
-    root = tmp_path_factory.mktemp("schedules")
-
-    def build(name: str, **kwargs):
-        out = root / f"{name}-{kwargs.get('dtype', 'fp32')}"
-        if not out.exists():
-            export_model(model=str(tiny_checkpoint), out=out, schedule=preset(name), **kwargs)
-        return out, json.loads((out / "manifest.json").read_text())
-
-    return build
+@pytest.fixture
+def builds(schedule_build):
+    return schedule_build
 
 
 def test_ttv_only_chain_matches_the_reference(builds):

@@ -2,9 +2,10 @@
 
 Writes, into ``--out`` (default: ``BUILD_DIR/trt-<target>``), a build plan (``plan.json``: the
 profiles of every engine, the precision, the memory estimate) and ``build_engines.sh`` (the same
-build as trtexec commands, for a Jetson), then builds the engines with TensorRT through polygraphy
-where TensorRT imports, each with its metadata beside it. Without TensorRT, or with
-``--plan-only``, it stops after the plan and the script: run the script on the target.
+build as trtexec commands for a Jetson; for ``--target rtx``, as a transprune command), then builds
+the engines where the target's module imports: TensorRT on the target GPU itself, or TensorRT-RTX
+(``--target rtx``) on any machine, no GPU needed. Each engine gets its metadata beside it. Without
+the module, or with ``--plan-only``, it stops after the plan and the script.
 The work is ``transprune.export.tensorrt.workflow``; this module parses, calls and prints.
 """
 
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("build_dir", type=Path, help="a directory written by transprune-export")
     parser.add_argument("--target", required=True, choices=list(TARGETS), help="the GPU the engines are for")
-    parser.add_argument("--precision", default="fp16", choices=list(PRECISIONS))
+    parser.add_argument("--precision", default=None, choices=list(PRECISIONS),
+                        help="TensorRT targets: fp16 (default), bf16 or fp8 where the GPU has them. rtx: the "
+                             "export's dtype, always (TensorRT-RTX networks are strongly typed)")
     parser.add_argument("--max-batch", type=int, default=1, help="largest batch the engines serve (default 1)")
     parser.add_argument("--max-text-tokens", type=int, default=None,
                         help="longest prompt in text tokens (default: the build's exported limit)")
@@ -73,14 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         print(_summary(planned.plan, planned.plan_path, planned.script_path), file=sys.stderr)
         if args.plan_only:
             return 0
+        target = planned.plan["target"]
         try:
-            import_tensorrt()
+            import_tensorrt(target["module"])
         except TransPruneError as exc:
             if args.compare:
                 raise
-            print(f"note: no engines were built: {exc}.\nBuild them on the target with {planned.script_path} "
-                  f"(copy the build directory there; JetPack's trtexec builds them, then the script records their "
-                  f"metadata)", file=sys.stderr)
+            where = ("on any machine with TensorRT-RTX installed" if target["module"] == "tensorrt_rtx" else
+                     "on the target (copy the build directory there; JetPack's trtexec builds them, then the script "
+                     "records their metadata)")
+            print(f"note: no engines were built: {exc}\nBuild them with {planned.script_path} {where}",
+                  file=sys.stderr)
             return 0
         log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
         failed = build_and_compare(planned=planned, timing_cache=args.timing_cache, compare=args.compare, log=log)

@@ -6,8 +6,8 @@ onnxruntime and enforce what TensorRT enforces (the active profile's min/max for
 device memory set before running, shape tensors read from host memory, every other tensor in a
 device allocation big enough for it), and a CUDA "device" that is host memory. What they check
 is the backend's own logic: profile choice, shapes, pointer binding, cache ping-pong, buffer reuse,
-the shared activation memory, and metadata checks. The test marked ``gpu`` builds real engines with
-polygraphy and is skipped here.
+the shared activation memory, the TensorRT-RTX runtime cache, and metadata checks. The test marked
+``gpu`` builds real engines (TensorRT, and TensorRT-RTX) and runs them; it skips without a GPU.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from transprune.runtime.tensorrt.engines import EngineMismatch, Platform, write_
 from transprune.sample_image import sample_images
 
 PLATFORM = Platform("10.3.0.30", (8, 7), "simulated Orin")
+RTX_PLATFORM = Platform("1.7.1.116", (8, 9), "simulated RTX 4090", "tensorrt_rtx")
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
@@ -150,6 +151,7 @@ class SimulatedEngine:
         self.dtypes = {t.name: np.dtype(ORT_TYPES[t.type])
                        for t in (*self.session.get_inputs(), *self.session.get_outputs())}
         self.num_optimization_profiles = len(spec["profiles"])
+        self.rtx = spec.get("module") == "tensorrt_rtx"
         self.memory_sizes = [4096 * (len(self.inputs) + i) for i in range(self.num_optimization_profiles)]
         self.contexts = []
 
@@ -172,15 +174,55 @@ class SimulatedEngine:
     def get_device_memory_size_for_profile_v2(self, index: int) -> int:
         return self.memory_sizes[index]
 
-    def create_execution_context(self, strategy):
+    def create_execution_context(self, strategy_or_config):
+        config = strategy_or_config if isinstance(strategy_or_config, SimulatedRuntimeConfig) else None
+        if self.rtx:  # TensorRT-RTX: contexts come from a runtime config carrying the JIT cache
+            assert config is not None and config.cache is not None, "a TensorRT-RTX context needs its runtime cache"
+        strategy = config.strategy if config is not None else strategy_or_config
         assert strategy == "user-managed", "contexts must not allocate their own activation memory"
         self.contexts.append(SimulatedContext(self))
+        self.contexts[-1].config = config
         return self.contexts[-1]
 
+    def create_runtime_config(self):
+        assert self.rtx, "TensorRT has no runtime configs"
+        return SimulatedRuntimeConfig()
 
-def simulated_tensorrt(device: SimulatedDevice, engines: list) -> types.ModuleType:
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = PLATFORM.tensorrt_version
+
+class SimulatedRuntimeCache:
+    """TensorRT-RTX's JIT cache: counts the kernels 'compiled' (one per context)."""
+
+    def __init__(self) -> None:
+        self.kernels = 0
+
+    def serialize(self) -> bytes:
+        return f"kernels:{self.kernels}".encode()
+
+    def deserialize(self, data: bytes) -> bool:
+        if not data.startswith(b"kernels:"):
+            return False
+        self.kernels = int(data.split(b":")[1])
+        return True
+
+
+class SimulatedRuntimeConfig:
+    def __init__(self) -> None:
+        self.strategy, self.cache = None, None
+
+    def set_execution_context_allocation_strategy(self, strategy) -> None:
+        self.strategy = strategy
+
+    def create_runtime_cache(self) -> SimulatedRuntimeCache:
+        return SimulatedRuntimeCache()
+
+    def set_runtime_cache(self, cache: SimulatedRuntimeCache) -> None:
+        self.cache = cache
+        cache.kernels += 1
+
+
+def simulated_tensorrt(device: SimulatedDevice, engines: list, platform: Platform = PLATFORM) -> types.ModuleType:
+    trt = types.ModuleType(platform.module)
+    trt.__version__ = platform.tensorrt_version
 
     class Logger:
         WARNING = 2
@@ -210,27 +252,38 @@ def engine_dir(paper_build, tmp_path_factory):
     return _simulated_engines(Build.open(paper_build[0]), tmp_path_factory.mktemp("engines"))
 
 
-def _simulated_engines(build: Build, directory):
-    plan = make_plan(build, target=get_target("jetson-agx-orin"), precision="fp16",
+def _simulated_engines(build: Build, directory, *, target: str = "jetson-agx-orin", platform: Platform = PLATFORM):
+    plan = make_plan(build, target=get_target(target), precision="fp16" if target != "rtx" else build.manifest["dtype"],
                      limits=shape_limits(build, max_batch=2, max_text_tokens=64, max_new_tokens=12),
                      engine_dir=directory)
     write_plan(plan, directory)
     for entry in plan["engines"]:
         path = directory / entry["engine"]
         path.write_text(json.dumps({"graph": entry["graph"], "onnx": str(build.graphs[entry["graph"]].file),
-                                    "profiles": entry["profiles"]}))
-        write_metadata(entry, plan, path, PLATFORM, built_with="simulation")
+                                    "profiles": entry["profiles"], "module": platform.module}))
+        write_metadata(entry, plan, path, platform, built_with="simulation")
     return directory
+
+
+def _install_simulation(monkeypatch, platform: Platform):
+    device, engines = SimulatedDevice(), []
+    monkeypatch.setitem(sys.modules, platform.module, simulated_tensorrt(device, engines, platform))
+    monkeypatch.setattr(tensorrt_backend, "_Device", lambda: device)
+    monkeypatch.setattr(tensorrt_backend, "running_platform",
+                        lambda module: platform if module == platform.module else pytest.fail(f"asked for {module}"))
+    return device, engines
 
 
 @pytest.fixture
 def simulated(monkeypatch):
     """(device, engines) after installing the simulated TensorRT and CUDA device."""
-    device, engines = SimulatedDevice(), []
-    monkeypatch.setitem(sys.modules, "tensorrt", simulated_tensorrt(device, engines))
-    monkeypatch.setattr(tensorrt_backend, "_Device", lambda: device)
-    monkeypatch.setattr(tensorrt_backend, "running_platform", lambda: PLATFORM)
-    return device, engines
+    return _install_simulation(monkeypatch, PLATFORM)
+
+
+@pytest.fixture
+def simulated_rtx(monkeypatch):
+    """(device, engines) after installing a simulated TensorRT-RTX on a simulated RTX 4090 (SM 8.9)."""
+    return _install_simulation(monkeypatch, RTX_PLATFORM)
 
 
 def test_simulated_gpu_generation_equals_onnxruntime(paper_build, engine_dir, simulated):
@@ -286,33 +339,51 @@ def test_simulated_gpu_request_beyond_the_engines_is_refused_with_the_fix(paper_
 def test_simulated_gpu_engines_of_another_tensorrt_or_gpu_are_refused(paper_build, engine_dir, simulated,
                                                                       monkeypatch):
     build = Build.open(paper_build[0])
-    monkeypatch.setattr(tensorrt_backend, "running_platform", lambda: Platform("10.7.0", (8, 7)))
+    monkeypatch.setattr(tensorrt_backend, "running_platform", lambda module: Platform("10.7.0", (8, 7)))
     with pytest.raises(EngineMismatch, match="built with TensorRT 10.3.0.30, this is TensorRT 10.7.0; .*rebuild"):
         tensorrt_backend.TrtBackend(build, engines=engine_dir)
-    monkeypatch.setattr(tensorrt_backend, "running_platform", lambda: Platform("10.3.0.30", (9, 0), "H100"))
+    monkeypatch.setattr(tensorrt_backend, "running_platform", lambda module: Platform("10.3.0.30", (9, 0), "H100"))
     with pytest.raises(EngineMismatch, match=r"compute capability 8.7 .*this GPU is 9.0 \(H100\); rebuild on the "
                                              r"target"):
         tensorrt_backend.TrtBackend(build, engines=engine_dir)
 
 
-def test_without_tensorrt_the_backend_says_what_to_install(paper_build, monkeypatch):
+def test_without_tensorrt_the_backend_says_what_to_install(paper_build, engine_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail as when absent
     with pytest.raises(TransPruneError, match="TensorRT's Python module is not importable here .*JetPack "
                                               ".*python3-libnvinfer.*pypi.nvidia.com"):
-        Pipeline.from_dir(paper_build[0], backend="tensorrt")
+        Pipeline.from_dir(paper_build[0], backend="tensorrt", engines=engine_dir)
+
+
+def _gpu_count() -> int:
+    """NVIDIA GPUs the driver reports (0 without a driver): cuInit + cuDeviceGetCount."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
-                    reason="needs TensorRT and an NVIDIA GPU; neither is on this machine")
-def test_gpu_real_engines_generate_like_onnxruntime(paper_build, tmp_path):
-    """On a GPU with TensorRT: build the tiny paper build's engines with polygraphy (fp16), compare
-    each with onnxruntime, and generate the same greedy tokens as the onnxruntime backend."""
+@pytest.mark.parametrize("module, target, extra", [
+    ("tensorrt", "datacenter-hopper", ["--compare"]),  # fp16, polygraphy's comparison per engine
+    ("tensorrt_rtx", "rtx", []),  # the export's fp32, built ahead of time, JIT on the GPU
+])
+def test_gpu_real_engines_generate_like_onnxruntime(paper_build, tmp_path, module, target, extra):
+    """On a GPU with TensorRT or TensorRT-RTX: build the tiny paper build's engines, (TensorRT:
+    compare each with onnxruntime,) and generate the same greedy tokens and kept patches as the
+    onnxruntime backend; TensorRT-RTX leaves its runtime cache beside the engines."""
+    if importlib.util.find_spec(module) is None or not _gpu_count():
+        pytest.skip(f"needs {module} and an NVIDIA GPU; this machine has "
+                    f"{'no ' + module if importlib.util.find_spec(module) is None else 'no GPU'}")
     from transprune.cli.build import main as build_main
 
     out = tmp_path / "engines"
-    assert build_main([str(paper_build[0]), "--target", "datacenter-hopper", "--max-text-tokens", "64",
-                       "--max-new-tokens", "16", "--out", str(out), "--compare"]) == 0
+    assert build_main([str(paper_build[0]), "--target", target, "--max-text-tokens", "64",
+                       "--max-new-tokens", "16", "--out", str(out), *extra]) == 0
     build = Build.open(paper_build[0])
     image, prompt = sample_images()[0], "What is shown here?"
     with Pipeline(build, OrtBackend(build)) as reference:
@@ -320,6 +391,7 @@ def test_gpu_real_engines_generate_like_onnxruntime(paper_build, tmp_path):
     with Pipeline(build, tensorrt_backend.TrtBackend(build, engines=out)) as pipeline:
         got = pipeline.generate(image, prompt, max_new_tokens=8)
     assert got.kept == expected.kept and got.tokens == expected.tokens
+    assert (out / tensorrt_backend.RUNTIME_CACHE_FILE).is_file() == (module == "tensorrt_rtx")
 
 
 def test_simulated_gpu_llava_next_images_of_any_size_fit_one_engine_set(next_build, tmp_path, simulated):
@@ -344,3 +416,54 @@ def test_simulated_gpu_llava_next_images_of_any_size_fit_one_engine_set(next_bui
     assert [g.kept for g in got] == [e.kept for e in expected]
     by_graph = {e.spec["graph"]: e.contexts[0] for e in engines}
     assert by_graph["vision"].profiles_run == [0, 0, 0] and by_graph["scorer_2"].profiles_run == [0, 0, 0]
+
+
+def test_simulated_gpu_tensorrt_rtx_engines_run_with_one_runtime_cache_kept_beside_them(paper_build, tmp_path,
+                                                                                        simulated_rtx):
+    """An rtx engine set is run through tensorrt_rtx (the plan says so): contexts come from runtime
+    configs sharing one JIT cache, which is written beside the engines on close and read back by
+    the next backend; tokens and kept patches equal onnxruntime's."""
+    device, engines = simulated_rtx
+    build = Build.open(paper_build[0])
+    directory = _simulated_engines(build, tmp_path / "trt-rtx", target="rtx", platform=RTX_PLATFORM)
+    image, prompt = sample_images()[0], "What is shown here?"
+    with Pipeline(build, OrtBackend(build)) as reference:
+        expected = reference.generate(image, prompt, max_new_tokens=5)
+    backend = tensorrt_backend.TrtBackend(build, engines=directory)
+    assert backend.module == "tensorrt_rtx" and not backend.runtime_cache.loaded
+    with Pipeline(build, backend) as pipeline:
+        got = pipeline.generate(image, prompt, max_new_tokens=5)
+    assert got.tokens == expected.tokens and got.kept == expected.kept
+    caches = {id(context.config.cache) for engine in engines for context in engine.contexts}
+    assert len(caches) == 1 and not device.allocations
+    cache_file = directory / tensorrt_backend.RUNTIME_CACHE_FILE
+    assert cache_file.read_bytes() == b"kernels:11"  # one per engine's context
+    again = tensorrt_backend.TrtBackend(build, engines=directory)
+    assert again.runtime_cache.loaded and again.runtime_cache.cache.kernels == 22
+    again.close()
+    cache_file.write_bytes(b"damaged")  # ignored (as TensorRT-RTX ignores a stale cache) and rewritten
+    third = tensorrt_backend.TrtBackend(build, engines=directory)
+    assert not third.runtime_cache.loaded
+    third.close()
+    assert cache_file.read_bytes() == b"kernels:11"
+
+
+def test_simulated_gpu_tensorrt_rtx_engines_refuse_a_gpu_outside_their_list(paper_build, tmp_path, monkeypatch):
+    build = Build.open(paper_build[0])
+    directory = _simulated_engines(build, tmp_path / "trt-rtx", target="rtx", platform=RTX_PLATFORM)
+    _install_simulation(monkeypatch, Platform("1.7.1.116", (7, 5), "RTX 2080", "tensorrt_rtx"))
+    with pytest.raises(EngineMismatch, match=r"compute capability 8.0, 8.6, 8.9, 12.0 .*this GPU is 7.5 \(RTX 2080\); "
+                                             r"rebuild for this GPU"):
+        tensorrt_backend.TrtBackend(build, engines=directory)
+    _install_simulation(monkeypatch, Platform("1.8.0", (8, 9), "RTX 4090", "tensorrt_rtx"))
+    with pytest.raises(EngineMismatch, match="built with TensorRT-RTX 1.7.1.116, this is TensorRT-RTX 1.8.0"):
+        tensorrt_backend.TrtBackend(build, engines=directory)
+
+
+def test_without_tensorrt_rtx_the_backend_says_what_to_install(paper_build, tmp_path, monkeypatch):
+    build = Build.open(paper_build[0])
+    directory = _simulated_engines(build, tmp_path / "trt-rtx", target="rtx", platform=RTX_PLATFORM)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    with pytest.raises(TransPruneError, match="TensorRT-RTX and an RTX GPU: TensorRT-RTX's Python module is not "
+                                              "importable here .*pip install tensorrt-rtx-cu12"):
+        tensorrt_backend.TrtBackend(build, engines=directory)

@@ -45,7 +45,8 @@ def test_metadata_that_matches_is_accepted_and_a_patch_build_number_does_not_mat
     check_metadata(meta, platform=ORIN, onnx_sha256=onnx, where="x")
     check_metadata(meta, platform=Platform("10.3.0.26", (8, 7)), onnx_sha256=onnx, where="x")
     assert [p["phase"] for p in meta["profiles"]] == ["prefill", "decode"]
-    assert meta["tensorrt_version"] == "10.3.0.30" and meta["compute_capability"] == [8, 7]
+    assert meta["tensorrt_version"] == "10.3.0.30" and meta["compute_capabilities"] == [[8, 7]]
+    assert meta["tensorrt_module"] == "tensorrt"
     assert meta["precision"] == "fp16" and meta["target"] == "jetson-agx-orin"
 
 
@@ -54,8 +55,10 @@ def test_metadata_that_matches_is_accepted_and_a_patch_build_number_does_not_mat
                                      r"over .*rebuild on the target"),
     ({}, Platform("10.3.0.30", (8, 9), "L4"), r"compute capability 8.7 \(Jetson AGX Orin\), this GPU is 8.9 \(L4\); "
                                               r"rebuild on the target"),
+    ({}, Platform("1.7.1.116", (8, 7), "", "tensorrt_rtx"), r"built with TensorRT, but TensorRT-RTX is loading it"),
+    ({"tensorrt_module": "tensorrt_llm"}, ORIN, r"unknown module 'tensorrt_llm'"),
     ({"onnx_sha256": "f" * 64}, ORIN, r"built from a different segment_0.onnx .*re-exported after the engines"),
-    ({"schema": 0}, ORIN, "metadata schema 0, this runtime reads 1"),
+    ({"schema": 1}, ORIN, "metadata schema 1, this runtime reads 2"),
     ({"profiles": []}, ORIN, r"profiles \[\] are not prefill\[, decode\]"),
 ])
 def test_mismatched_metadata_is_refused_with_the_fix(engines, change, platform, message):
@@ -132,6 +135,6 @@ def test_malformed_metadata_is_refused_not_a_crash(engines):
     (directory / "scorer_0.engine.json").write_text("{not json")
     with pytest.raises(EngineMismatch, match="scorer_0.engine.json: malformed engine metadata .*rebuild"):
         load_engine_set(build, directory, platform=ORIN)
-    (directory / "scorer_0.engine.json").write_text(json.dumps({"schema": 1}))
-    with pytest.raises(EngineMismatch, match="malformed engine metadata \\(KeyError: 'tensorrt_version'\\)"):
+    (directory / "scorer_0.engine.json").write_text(json.dumps({"schema": 2}))
+    with pytest.raises(EngineMismatch, match="malformed engine metadata \\(KeyError: 'tensorrt_module'\\)"):
         load_engine_set(build, directory, platform=ORIN)

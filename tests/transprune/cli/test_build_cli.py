@@ -41,11 +41,18 @@ def test_without_tensorrt_it_writes_the_plan_and_says_how_to_build_on_the_target
     assert main([str(build_copy), "--target", "jetson-agx-orin", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "note: no engines were built: TensorRT's Python module is not importable here" in err
-    assert f"Build them on the target with {out / 'build_engines.sh'}" in err
+    assert f"Build them with {out / 'build_engines.sh'} on the target" in err
     assert sorted(p.name for p in out.iterdir()) == ["build_engines.sh", "plan.json"]
     # --compare needs engines, so without TensorRT it is an error
     assert main([str(build_copy), "--target", "jetson-agx-orin", "--out", str(out), "--compare"]) == 2
     assert "error: TensorRT's Python module is not importable" in capsys.readouterr().err
+    # an rtx plan without TensorRT-RTX: its script is the API build, runnable on any machine
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    rtx = tmp_path / "rtx"
+    assert main([str(build_copy), "--target", "rtx", "--out", str(rtx)]) == 0
+    err = capsys.readouterr().err
+    assert "TensorRT-RTX's Python module is not importable here" in err and "pip install tensorrt-rtx-cu12" in err
+    assert f"Build them with {rtx / 'build_engines.sh'} on any machine with TensorRT-RTX installed" in err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -34,7 +34,7 @@ def test_iga_only_export_through_the_cli_matches_the_reference(tmp_path, tiny_ch
 def test_summary_table_lists_every_graph(paper_build):
     _, manifest = paper_build
     table = summary_table(manifest).splitlines()
-    assert table[0].split() == ["graph", "runs", "size", "max", "error", "TensorRT", "lint"]
+    assert table[0].split() == ["graph", "runs", "size", "max", "error", "TensorRT", "parser", "TensorRT", "lint"]
     assert [line.split()[0] for line in table[2:]] == [g["name"] for g in manifest["graphs"]]
     assert "layers 1-7" in table[5] and "keep 504 after layer 7" in table[6]
 
@@ -61,6 +61,39 @@ def test_check_trt_flags_a_planted_unsupported_operator(paper_build, tmp_path, c
     assert main(["--check-trt", str(copy)]) == 1
     printed = capsys.readouterr().out
     assert "head: FAILS" in printed and "Det" in printed
+
+
+def test_check_trt_real_parser_reports_every_node_it_rejects(paper_build, tmp_path, capsys, tensorrt_rtx):
+    """With TensorRT-RTX installed the check parses for real: a MatMul of mismatched shapes, which no
+    operator lint can see, is rejected by the parser; a Det (no importer) is reported too."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    out, _ = paper_build
+    copy = tmp_path / "planted"
+    shutil.copytree(out, copy)
+    model = onnx.load(copy / "head.onnx")
+    model.graph.initializer.extend([numpy_helper.from_array(np.ones((3, 5), np.float32), "odd_a"),
+                                    numpy_helper.from_array(np.ones((4, 7), np.float32), "odd_b")])
+    model.graph.node.append(helper.make_node("MatMul", ["odd_a", "odd_b"], ["odd_c"], name="mismatched_matmul"))
+    model.graph.node.append(helper.make_node("Det", ["odd_c"], ["odd_d"], name="determinant"))
+    model.graph.output.append(helper.make_tensor_value_info("odd_d", onnx.TensorProto.FLOAT, None))
+    onnx.save(model, copy / "head.onnx")
+    manifest = json.loads((copy / MANIFEST).read_text())
+    head = next(g for g in manifest["graphs"] if g["name"] == "head")
+    head["sha256"]["head.onnx"] = sha256(copy / "head.onnx")
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    assert main(["--check-trt", str(copy)]) == 1
+    printed = capsys.readouterr().out
+    checker = f"tensorrt_rtx {tensorrt_rtx.__version__} ONNX parser"
+    assert f"{checker} rejects node " in printed and "mismatched_matmul (MatMul): " in printed
+    assert "last dimension of input0 = 5 and second to last dimension of input1 = 4" in printed
+    assert "determinant (Det): tensorrt_rtx has no importer for Det" in printed
+    assert "lint error" in printed and "Det" in printed  # the lint sees the Det only
+    assert f"10/11 graphs pass: {checker} and transprune operator lint" in printed
+    assert main(["--check-trt", str(copy), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["head"]["parsers"][0]["checker"] == checker and len(report["head"]["parsers"][0]["rejected"]) == 2
 
 
 def test_check_trt_refuses_a_tampered_build(paper_build, tmp_path, capsys):

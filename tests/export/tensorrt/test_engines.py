@@ -1,0 +1,117 @@
+"""Real engine builds: every graph of the tiny builds parsed and built by TensorRT-RTX (which needs
+no GPU), with the plan's profiles, the built networks' inputs checked against the manifest, and
+engine metadata the runtime accepts. A graph change TensorRT cannot parse or build fails here.
+
+Running the engines needs a GPU: that is tests/runtime/tensorrt/test_backend.py's ``gpu`` test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from transprune.cli.build import main as build_main
+from transprune.errors import TransPruneError
+from transprune.export.tensorrt.engines import build_engines
+from transprune.export.tensorrt.network import check_inputs, parse_graph
+from transprune.export.tensorrt.workflow import plan_build
+from transprune.runtime.build import Build
+from transprune.runtime.manifest import sha256
+from transprune.runtime.tensorrt.engines import Platform, load_engine_set, metadata_path
+
+RTX_CAPABILITIES = [[8, 0], [8, 6], [8, 9], [12, 0]]
+
+
+def _build_dir(case: str, schedule_build, next_build):
+    if case == "tiny-next":
+        return next_build[0]
+    name, dtype = case.split(":")
+    # iga-only is exported (and validated) through the CLI elsewhere; here its graphs are what counts
+    return schedule_build(name, dtype=dtype, validate=name != "iga-only")[0]
+
+
+@pytest.mark.parametrize("case", ["paper:fp32", "none:fp32", "ttv-only:fp32", "iga-only:fp32", "paper:fp16",
+                                  "tiny-next"])
+def test_tensorrt_rtx_builds_every_engine(case, schedule_build, next_build, tmp_path, tensorrt_rtx):
+    trt = tensorrt_rtx
+    build_dir = _build_dir(case, schedule_build, next_build)
+    planned = plan_build(build_dir=build_dir, target="rtx", out=tmp_path / "trt-rtx")
+    build, plan = planned.build, planned.plan
+    assert plan["precision"] == build.manifest["dtype"]  # strongly typed: the export's own types
+    logged = []
+    written = build_engines(plan, build, planned.engine_dir, log=logged.append)
+    assert [p.name for p in written] == [f"{g}.engine" for g in build.graphs]
+    assert not [line for line in logged if "ERROR" in line or "cudaError" in line], logged
+    for path in written:
+        meta = json.loads(metadata_path(path).read_text())
+        assert path.stat().st_size > 0 and meta["engine_sha256"] == sha256(path)
+        assert meta["tensorrt_module"] == "tensorrt_rtx" and meta["tensorrt_version"] == trt.__version__
+        assert meta["compute_capabilities"] == RTX_CAPABILITIES and meta["precision"] == build.manifest["dtype"]
+        assert meta["build_seconds"] > 0
+        # one profile per engine (two would store the weights twice): prefill and decode merged
+        graph = build.graphs[meta["graph"]]
+        assert [p["phase"] for p in meta["profiles"]] == ["+".join(graph.phases)]
+    # the runtime accepts the set on any GPU of the list (checked on metadata: running needs the GPU)
+    for cc in RTX_CAPABILITIES:
+        engines = load_engine_set(build, planned.engine_dir, platform=Platform(trt.__version__, tuple(cc), "",
+                                                                                "tensorrt_rtx"))
+        assert list(engines.engines) == list(build.graphs)
+
+
+def test_the_built_networks_inputs_are_the_manifests(paper_build, tensorrt_rtx):
+    """What ``build_engines`` checks before building: names in order, dtypes, ranks, and exactly the
+    planned shape-tensor inputs (the scorers' keep) parsed as shape tensors."""
+    trt = tensorrt_rtx
+    build = Build.open(paper_build[0])
+    entry = next(g for g in build.manifest["graphs"] if g["name"] == "scorer_0")
+    parsed = parse_graph(trt, build.directory / entry["file"])
+    inputs = parsed.inputs()
+    assert [i.name for i in inputs] == [t["name"] for t in entry["inputs"]]
+    assert {i.name for i in inputs if i.is_shape_tensor} == {"keep"}
+    assert {i.name: i.dtype for i in inputs}["hidden"] == "float32"
+    check_inputs(parsed, graph="scorer_0", manifest_inputs=entry["inputs"], shape_tensors={"keep"})
+    wrong_dtype = [dict(t, dtype="float16") if t["name"] == "hidden" else t for t in entry["inputs"]]
+    with pytest.raises(TransPruneError, match="input 'hidden' parsed as float32 of rank 3, the manifest says float16"):
+        check_inputs(parsed, graph="scorer_0", manifest_inputs=wrong_dtype, shape_tensors={"keep"})
+    with pytest.raises(TransPruneError, match=r"parsed \['keep'\] as shape tensors, the plan expects none"):
+        check_inputs(parsed, graph="scorer_0", manifest_inputs=entry["inputs"], shape_tensors=set())
+    other = next(g for g in build.manifest["graphs"] if g["name"] == "segment_1")
+    with pytest.raises(TransPruneError, match="does not belong to this build"):
+        check_inputs(parsed, graph="segment_1", manifest_inputs=other["inputs"], shape_tensors=set())
+
+
+def test_transprune_build_target_rtx_and_its_script_build_here(paper_build, tmp_path, capsys, tensorrt_rtx):
+    """The CLI builds the engines with no GPU (progress per engine, sizes, times), and the script it
+    writes for rtx, transprune's API build as a command, builds them again."""
+    out = tmp_path / "trt-rtx"
+    assert build_main([str(paper_build[0]), "--target", "rtx", "--max-text-tokens", "64", "--max-new-tokens", "16",
+                       "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "fp32, batch <= 1, text <= 64 tokens, answers <= 16 tokens" in err
+    assert "[11/11] head: building fp32 engine with TensorRT-RTX (1 profile)" in err and "MiB in" in err
+    first = {p.name: sha256(p) for p in out.glob("*.engine")}
+    assert len(first) == 11
+    for path in out.glob("*.engine"):
+        path.unlink()
+    script = (out / "build_engines.sh").read_text()
+    assert '"$PYTHON" -m transprune.cli.build "$BUILD_DIR" --target rtx --out .' in script
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(out / "build_engines.sh")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.glob("*.engine")) == sorted(first)
+    assert not (out / "timing.cache").exists()  # TensorRT-RTX times nothing ahead of time
+
+
+def test_rtx_precision_is_the_exports_dtype(paper_build, tmp_path):
+    with pytest.raises(TransPruneError, match="strongly typed: engines compute in the export's own types \\(fp32 "
+                                              "here\\), so --precision fp16 cannot apply; re-export with --dtype fp16"):
+        plan_build(build_dir=paper_build[0], target="rtx", precision="fp16", out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(TransPruneError, match="--compare runs engines, which needs the GPU"):
+        from transprune.export.tensorrt.workflow import build_and_compare
+
+        build_and_compare(planned=plan_build(build_dir=paper_build[0], target="rtx", out=tmp_path / "y"), compare=True)
