@@ -96,6 +96,7 @@ def make_metadata(engine: dict, plan: dict, platform: Platform, *, engine_sha256
         "target": plan["target"]["name"],
         "precision": plan["precision"],
         "limits": plan["limits"],
+        "memory": plan.get("memory"),  # the whole set's device-memory estimate, as planned
         "profiles": engine["profiles"],
         "built_with": built_with,
     }

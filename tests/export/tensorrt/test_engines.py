@@ -51,7 +51,7 @@ def test_tensorrt_rtx_builds_every_engine(case, schedule_build, next_build, tmp_
         assert path.stat().st_size > 0 and meta["engine_sha256"] == sha256(path)
         assert meta["tensorrt_module"] == "tensorrt_rtx" and meta["tensorrt_version"] == trt.__version__
         assert meta["compute_capabilities"] == RTX_CAPABILITIES and meta["precision"] == build.manifest["dtype"]
-        assert meta["build_seconds"] > 0
+        assert meta["build_seconds"] > 0 and meta["memory"] == plan["memory"] and meta["memory"]["fits"]
         # one profile per engine (two would store the weights twice): prefill and decode merged
         graph = build.graphs[meta["graph"]]
         assert [p["phase"] for p in meta["profiles"]] == ["+".join(graph.phases)]
