@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from transprune.errors import TransPruneError
@@ -42,6 +43,21 @@ def resolve_inside(build_dir: Path, name: str) -> Path:
     return path
 
 
+# Graph names and file names a manifest may hold: they reach file names, logs and the generated
+# build script, so nothing outside this alphabet (no shell metacharacters, spaces, slashes or
+# control characters), and no leading dot (no ".", "..", hidden files).
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def check_safe_name(value, *, what: str, where) -> str:
+    """``value`` if it is a safe name (``SAFE_NAME``), else a ManifestError naming it."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ManifestError(f"{where}: {what} {value!r} is not a safe name (letters, digits, '_', '.', '-'; at most "
+                            f"128, not starting with '.' or '-'); the build was not written by transprune-export: "
+                            f"re-export it")
+    return value
+
+
 def manifest_files(manifest: dict) -> dict[str, str]:
     """Every file the manifest vouches for: {relative name: sha256}."""
     files = {}
@@ -71,8 +87,18 @@ def load_manifest(build_dir: Path, *, verify: bool = True) -> dict:
     for key in ("graphs", "model", "schedule", "dtype", "limits", "prompt", "image_preprocess"):
         if key not in manifest:
             raise ManifestError(f"{path}: required field {key!r} is missing; re-export the build")
+    if not isinstance(manifest["graphs"], list) or not all(isinstance(g, dict) for g in manifest["graphs"]):
+        raise ManifestError(f"{path}: 'graphs' is not a list of graph entries; re-export the build")
     for graph in manifest["graphs"]:
+        check_safe_name(graph.get("name"), what="graph name", where=path)
+        check_safe_name(graph.get("file"), what="graph file", where=path)
         resolve_inside(build_dir, graph.get("file"))
+        if not isinstance(graph.get("sha256", {}), dict):
+            raise ManifestError(f"{path}: graph {graph['name']!r} has no sha256 table; re-export the build")
+    if not isinstance(manifest.get("processor_files", {}), dict):
+        raise ManifestError(f"{path}: 'processor_files' is not a table of files; re-export the build")
+    for name in manifest_files(manifest):
+        check_safe_name(name, what="file", where=path)
     for name, expected in manifest_files(manifest).items():
         file = resolve_inside(build_dir, name)
         if not file.is_file():

@@ -97,7 +97,7 @@ def trtexec_command(engine: dict, plan: dict, *, build_dir: str = "$BUILD_DIR") 
     """One engine's trtexec argv; profiles in plan order (trtexec numbers them as given)."""
     precision_flags = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"], "fp8": ["--fp16", "--fp8"]}[plan["precision"]]
     argv = ["$TRTEXEC", f"--onnx={build_dir}/{engine['onnx']}", f"--saveEngine={engine['engine']}",
-            *precision_flags]
+            *precision_flags]  # names from the build are quoted by _quote (and checked at load: SAFE_NAME)
     for profile in engine["profiles"]:
         for which, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
             argv.append(f"{flag}={_shapes_arg(profile, which)}")
@@ -157,7 +157,8 @@ def trtexec_script(plan: dict) -> str:
     ]
     total = len(plan["engines"])
     for number, engine in enumerate(plan["engines"], 1):
-        lines.append(f"echo \"[{number}/{total}] {engine['graph']}\" >&2")
+        # graph and file names come from a build, which is untrusted input: quoted, never expanded
+        lines.append(f"echo {shlex.quote(f'[{number}/{total}] ' + engine['graph'])} >&2")
         argv = trtexec_command(engine, plan)
         quoted = [_quote(a) for a in argv]
         lines.append(" \\\n    ".join(quoted))
@@ -166,9 +167,17 @@ def trtexec_script(plan: dict) -> str:
     return "\n".join(lines)
 
 
+_EXPANDED = ("$BUILD_DIR", "$TRTEXEC", "$PYTHON")
+
+
 def _quote(arg: str) -> str:
-    # keep $BUILD_DIR, $TRTEXEC and $PYTHON expandable: double-quote arguments that reference them
-    return f'"{arg}"' if any(v in arg for v in ("$BUILD_DIR", "$TRTEXEC", "$PYTHON")) else shlex.quote(arg)
+    """One shell word for ``arg``: the script's own variables stay expandable (in double quotes),
+    everything else, names from the build included, is single-quoted (``shlex.quote``)."""
+    for variable in _EXPANDED:
+        if variable in arg:
+            before, _, after = arg.partition(variable)
+            return "".join([shlex.quote(before) if before else "", f'"{variable}"', _quote(after) if after else ""])
+    return shlex.quote(arg)
 
 
 def parse_trtexec_script(text: str) -> dict[str, dict]:

@@ -39,7 +39,7 @@ def test_a_graph_file_outside_the_build_is_refused(tmp_path):
     build, manifest = _build(tmp_path)
     manifest["graphs"][0]["file"] = "../outside.onnx"
     (build / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match="escapes the build directory"):
+    with pytest.raises(ManifestError, match="graph file '../outside.onnx' is not a safe name"):
         load_manifest(build)
 
 
@@ -82,3 +82,24 @@ def test_not_a_build_directory(tmp_path):
         load_manifest(tmp_path / "nope")
     with pytest.raises(ManifestError, match="has no manifest.json"):
         load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("name", "vision$(touch pwned)"), ("name", "a b"), ("name", "-rf"), ("name", ".hidden"), ("name", "x" * 200),
+    ("name", 7), ("name", None), ("file", "g;rm -rf ~.onnx"), ("file", "."), ("file", "..")])
+def test_unsafe_graph_names_and_files_are_refused_at_load(tmp_path, field, value):
+    """Names from a manifest reach file names, logs and build_engines.sh: only a safe alphabet loads."""
+    build, manifest = _build(tmp_path)
+    manifest["graphs"][0][field] = value
+    (build / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=f"graph {field} .* is not a safe name"):
+        load_manifest(build)
+
+
+@pytest.mark.parametrize("graphs", ["vision", None, [1, 2], {"name": "x"}])
+def test_graphs_of_the_wrong_json_type_are_refused(tmp_path, graphs):
+    build, manifest = _build(tmp_path)
+    manifest["graphs"] = graphs
+    (build / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="'graphs' is not a list of graph entries"):
+        load_manifest(build)

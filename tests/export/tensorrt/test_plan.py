@@ -125,3 +125,28 @@ def test_a_graph_that_failed_the_tensorrt_lint_is_refused(spec_build):
     build.manifest["graphs"][5]["trt_lint"]["ok"] = False
     with pytest.raises(TransPruneError, match=r"graphs \['segment_1'\] failed the TensorRT lint"):
         _plan(build)
+
+
+def test_names_from_a_hostile_build_never_run_in_the_script(paper_build, tmp_path):
+    """Graph and file names reach build_engines.sh quoted: a plan whose names carry command
+    substitutions runs them nowhere (the names are also refused at load: test_manifest)."""
+    build = Build.open(paper_build[0])
+    engine_dir = tmp_path / "engines"
+    plan = make_plan(build, target=get_target("jetson-orin-nano"), precision="fp16",
+                     limits=shape_limits(build, max_text_tokens=32, max_new_tokens=16), engine_dir=engine_dir)
+    marker = tmp_path / "pwned"
+    for entry in plan["engines"]:
+        entry["graph"] += f"$(touch {marker})`touch {marker}`"
+        entry["onnx"] += f"$(touch {marker})"
+        entry["engine"] = f"x;touch {marker};{entry['engine']}"
+    _, script = write_plan(plan, engine_dir)
+    fake_trtexec = tmp_path / "trtexec"
+    fake_trtexec.write_text("#!/bin/sh\nexit 0\n")
+    fake_trtexec.chmod(0o755)
+    env = {**os.environ, "TRTEXEC": str(fake_trtexec), "PYTHON": "true"}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+    assert f"[1/11] vision$(touch {marker})" in done.stderr  # printed as text, not run
+    parsed = parse_trtexec_script(script.read_text())
+    assert f"x;touch {marker};vision.engine" in parsed
