@@ -52,7 +52,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     from .kinds.base import Examples
     from .onnx_writer import export_graph
     from .processor import TOKENIZER_FILE, check_processor, export_processor, load_processor
-    from .tensorrt.check import LINT_CHECKER, check_graph, manifest_entries
+    from .tensorrt import check as trt_check
     from transprune.runtime.tensorrt.engines import importable_modules
     from .weights import CheckpointWeights, MetaWeights
 
@@ -88,7 +88,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     steps = len(specs) + (1 if validate else 0)
     try:
-        entries = []
+        entries, checks = [], []
         for number, spec in enumerate(specs, 1):
             started = time.perf_counter()
             kind = kind_of(spec.kind)
@@ -100,9 +100,9 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             export_graph(module, spec, path, args=args, opset=opset, weights=weights)
             del module
             files = sorted(p.name for p in staging.glob(f"{spec.name}.onnx*"))
-            check = check_graph(path, name=spec.name, modules=parsers)
+            checks.append(trt_check.check_graph(path, name=spec.name, modules=parsers))
             entries.append({**_concrete_dtypes(spec.to_dict(), DTYPES[dtype]), "file": f"{spec.name}.onnx",
-                            **manifest_entries(check),
+                            **trt_check.manifest_entries(checks[-1]),
                             "sha256": {name: sha256(staging / name) for name in files},
                             "bytes": sum((staging / name).stat().st_size for name in files),
                             "export_seconds": round(time.perf_counter() - started, 2)})
@@ -125,9 +125,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             "limits": limits,
             "flops": flops_report(model=preset, schedule=schedule).to_dict(),
             "graphs": entries,
-            # which checkers passed every graph: the real parsers that imported here, and the lint
-            "trt_check": {"ok": all(e["trt_lint"]["ok"] and all(p["ok"] for p in e["trt_parse"]) for e in entries),
-                          "checkers": [p["checker"] for p in entries[0]["trt_parse"]] + [LINT_CHECKER]},
+            "trt_check": trt_check.summary(checks),  # which checkers ran, and whether every graph passed
             **inputs_sections,
             "processor_files": processor_files,
             "versions": _versions(),

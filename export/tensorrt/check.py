@@ -73,9 +73,17 @@ def check_graph(path: Path, *, name: str, modules: list[str] | None = None) -> G
     return GraphCheck(name, lint_model(path, name=name), [parse_verdict(Path(path), m) for m in modules])
 
 
+def lint_entry(lint: LintReport) -> dict:
+    """A lint report as the manifest and ``--check-trt --json`` record it."""
+    return {"ok": lint.ok, "errors": [i.message for i in lint.errors], "warnings": [i.message for i in lint.warnings]}
+
+
 def manifest_entries(check: GraphCheck) -> dict:
     """The manifest's record of one graph's check: ``trt_lint`` and ``trt_parse``."""
-    lint = check.lint
-    return {"trt_lint": {"ok": lint.ok, "errors": [i.message for i in lint.errors],
-                         "warnings": [i.message for i in lint.warnings]},
-            "trt_parse": [p.to_dict() for p in check.parsers]}
+    return {"trt_lint": lint_entry(check.lint), "trt_parse": [p.to_dict() for p in check.parsers]}
+
+
+def summary(checks: list[GraphCheck]) -> dict:
+    """Which checkers ran (the real parsers first, the lint last) and whether every graph passed
+    all of them: the manifest's ``trt_check``."""
+    return {"ok": all(c.ok for c in checks), "checkers": checks[0].checkers if checks else [LINT_CHECKER]}

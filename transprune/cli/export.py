@@ -142,7 +142,7 @@ def _report(manifest: dict, out: Path, seconds: float) -> str:
 
 
 def check_trt(build_dir: Path, *, as_json: bool) -> int:
-    from ..export.tensorrt.check import LINT_CHECKER, check_graph
+    from ..export.tensorrt.check import check_graph, lint_entry, summary
     from ..runtime.manifest import load_manifest, resolve_inside
 
     manifest = load_manifest(build_dir)
@@ -151,19 +151,17 @@ def check_trt(build_dir: Path, *, as_json: bool) -> int:
         checks.append(check_graph(resolve_inside(build_dir, graph["file"]), name=graph["name"]))
         if not as_json:
             _print_check(checks[-1])
-    checkers = checks[0].checkers if checks else [LINT_CHECKER]
+    verdict = summary(checks)
     if as_json:
-        print(json.dumps({c.graph: {"ok": c.ok, "parsers": [p.to_dict() for p in c.parsers],
-                                    "lint": {"ok": c.lint.ok, "errors": [i.message for i in c.lint.errors],
-                                             "warnings": [i.message for i in c.lint.warnings]}}
+        print(json.dumps({c.graph: {"ok": c.ok, "parsers": [p.to_dict() for p in c.parsers], "lint": lint_entry(c.lint)}
                           for c in checks}, indent=1))
     else:
         failed = sum(not c.ok for c in checks)
-        print(f"{len(checks) - failed}/{len(checks)} graphs pass: {' and '.join(checkers)}")
-        if len(checkers) == 1:
+        print(f"{len(checks) - failed}/{len(checks)} graphs pass: {' and '.join(verdict['checkers'])}")
+        if len(verdict["checkers"]) == 1:
             print("note: no TensorRT module imports here, so no real parser ran; pip install tensorrt-rtx-cu12 "
                   "(no GPU needed) for one")
-    return 0 if all(c.ok for c in checks) else LINT_FAILED_EXIT
+    return 0 if verdict["ok"] else LINT_FAILED_EXIT
 
 
 def _print_check(check) -> None:
