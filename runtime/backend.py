@@ -8,7 +8,9 @@ buffers, the torch reference plain tensors. The chain loop above never touches c
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import threading
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -42,6 +44,28 @@ class Backend:
     def __init__(self, build: Build) -> None:
         self.build = build
         self.generation = 0  # caches remember the generation they belong to
+        # One generation at a time: its caches live in buffers that the next generation reuses.
+        self._generating = threading.Lock()
+        self._holder: int | None = None  # the thread inside ``exclusive``
+
+    @property
+    def held_by_this_thread(self) -> bool:
+        return self._holder == threading.get_ident()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Holds the backend for one generation; other threads wait their turn. The thread that
+        already holds it (an unfinished stream) is refused instead: waiting would never end."""
+        if self.held_by_this_thread:  # only this thread ever writes its own id, so the read is safe
+            raise TransPruneError("this thread has an unfinished stream on this pipeline, which holds it until the "
+                                  "stream ends; exhaust the stream or call its close() before starting another "
+                                  "generation")
+        with self._generating:
+            self._holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._holder = None
 
     def start_generation(self) -> None:
         """Called before a prefill: caches of earlier generations may no longer be used (their

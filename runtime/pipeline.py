@@ -9,15 +9,22 @@
 
 It opens and verifies the build, preprocesses images and prompts exactly as the model's processor
 does, runs the chain on the chosen backend and decodes the tokens.
+
+A ``Pipeline`` may be shared by threads: generations run one at a time (they reuse one set of
+cache buffers), so concurrent calls wait their turn and each gets the answer it would get alone.
+A stream holds the pipeline until it is exhausted or closed; starting another generation on the
+thread that holds an unfinished stream is refused with an error instead of waiting forever.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from transprune.errors import TransPruneError
 from transprune.sampling import Sampler
 
 from .backend import Backend, open_backend
@@ -50,7 +57,8 @@ class Pipeline:
         self.prompts = PromptEncoder(build)
         self.images = ImageInputs(build)
         self.max_total_tokens = int(build.limits["max_total_tokens"])
-        self.last_stages: list = []  # the last generation's StageResults (scores per prune stage), for explain
+        self._closed = False
+        self._per_thread = threading.local()  # last_stages: each thread sees its own last generation's
 
     @classmethod
     def from_dir(cls, build_dir: str | Path, *, backend: str = "onnxruntime", verify: bool = True,
@@ -60,6 +68,11 @@ class Pipeline:
         checkpoint)."""
         build = Build.open(Path(build_dir), verify=verify)
         return cls(build, open_backend(backend, build, **backend_options))
+
+    @property
+    def last_stages(self) -> list:
+        """The StageResults (scores per prune stage) of this thread's last generation, for explain."""
+        return getattr(self._per_thread, "stages", [])
 
     @property
     def image_tokens(self) -> list[int] | None:
@@ -123,7 +136,17 @@ class Pipeline:
         """Generator: yields (sample, text piece) while decoding, returns the Generations.
 
         Without ``text_pieces`` the pieces are empty: detokenising every step costs time in the
-        decode loop that nobody asked for."""
+        decode loop that nobody asked for. The backend is held from the first step to the last (or
+        until the generator is closed or dropped): see the module docstring."""
+        with self.backend.exclusive():
+            if self._closed:
+                raise TransPruneError("this pipeline is closed; open a new one with Pipeline.from_dir")
+            return (yield from self._run_exclusive(images, prompts, max_new_tokens=max_new_tokens,
+                                                   temperature=temperature, top_p=top_p, seed=seed,
+                                                   raw_prompt=raw_prompt, text_pieces=text_pieces))
+
+    def _run_exclusive(self, images: list, prompts: list[str], *, max_new_tokens: int, temperature: float,
+                       top_p: float, seed: int | None, raw_prompt: bool, text_pieces: bool):
         if len(images) != len(prompts) or not images:
             raise PromptError(f"{len(images)} images and {len(prompts)} prompts: give one prompt per image")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -153,7 +176,7 @@ class Pipeline:
         if text_pieces:
             for sample, stream in enumerate(streams):
                 yield sample, stream.flush()
-        self.last_stages = chain.stages
+        self._per_thread.stages = chain.stages
         timings = {"preprocess": round((preprocessed - started) * 1e3, 3),
                    "tokenize": round((tokenized - preprocessed) * 1e3, 3), **chain.timings.to_dict()}
         results = []
@@ -167,7 +190,17 @@ class Pipeline:
         return results
 
     def close(self) -> None:
-        self.backend.close()
+        """Releases the backend, after the generation another thread may be running."""
+        if self.backend.held_by_this_thread:  # closed from inside this thread's own stream
+            self._close_backend()
+            return
+        with self.backend.exclusive():
+            self._close_backend()
+
+    def _close_backend(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.backend.close()
 
     def __enter__(self) -> "Pipeline":
         return self
