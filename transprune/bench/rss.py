@@ -48,6 +48,18 @@ def vm_hwm_bytes() -> int | None:
     return None
 
 
+def current_rss_bytes() -> int | None:
+    """Linux: this process's resident set size now (resident pages of /proc/self/statm); None
+    elsewhere. Cheap (one small read), so it can be sampled after every generation."""
+    import os
+
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 # -- the parent's side ---------------------------------------------------------------------------
 
 def peak_rss_in_fresh_process(*, build: str | Path | None = None, hf_model: str | None = None, threads: int,
