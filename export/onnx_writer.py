@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 import warnings
 from pathlib import Path
 
 import torch
+
+from transprune.runtime.manifest import graph_identity
+from transprune.runtime.onnx_header import IDENTITY_KEY
 
 from .specs import GraphSpec
 from .weights import MetaWeights
@@ -16,6 +20,7 @@ from .weights import MetaWeights
 AXIS_RANGES = {"batch": (1, 64), "seq": (1, 8192), "past": (0, 8192), "total": (1, 16384), "alive": (1, 8192),
                "tiles": (1, 320), "image": (1, 8192)}
 EXTERNAL_DATA_BYTES = 1 << 30  # graphs with more weights than this keep them in a .data file
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16"}  # the manifest's names of the export dtypes
 
 
 def dynamic_shapes(spec: GraphSpec, module: torch.nn.Module):
@@ -105,6 +110,9 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: 
         value.const_value = ir.LazyTensor(lambda source=source: ir.tensor(weights.load(source).numpy()),
                                           dtype=value.dtype, shape=value.shape, name=name)
         weight_bytes += value.const_value.nbytes
+    # which graph of which build this file is: the runtime refuses it anywhere else (runtime/manifest.py)
+    identity = graph_identity(spec.to_dict(), _DTYPE_NAMES[weights.dtype])
+    model.metadata_props[IDENTITY_KEY] = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     if weight_bytes > EXTERNAL_DATA_BYTES:
         ir.save(model, path, external_data=f"{path.name}.data", max_workers=1)
     else:

@@ -9,6 +9,7 @@ buffers, the torch reference plain tensors. The chain loop above never touches c
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import Callable, Iterator
 
@@ -17,6 +18,24 @@ import numpy as np
 from transprune.errors import TransPruneError
 
 from .build import Build, SegmentInfo
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container's limit, taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_threads(threads) -> int:
+    """``threads`` if it is a thread count this machine can use; more threads than cores only make
+    each one wait (100,000 hung the process while creating them)."""
+    cores = usable_cores()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cores:
+        raise TransPruneError(f"threads {threads!r} must be an integer from 1 to {cores} (the cores this process "
+                              f"may use); leave it unset to use them all")
+    return threads
 
 
 class KVCache:
@@ -117,7 +136,8 @@ class ReferenceBackend(Backend):
             raise TransPruneError("the torch backend needs PyTorch and transformers (pip install "
                                   "'transprune[export]'); the onnxruntime backend needs neither") from None
         super().__init__(build)
-        self.graphs = open_reference_graphs(build, checkpoint=checkpoint, threads=threads)
+        self.graphs = open_reference_graphs(build, checkpoint=checkpoint,
+                                            threads=None if threads is None else check_threads(threads))
 
     def run(self, graph: str, feeds: dict) -> dict:
         return self.graphs.run(graph, feeds)

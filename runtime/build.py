@@ -16,9 +16,15 @@ import numpy as np
 from transprune.errors import TransPruneError
 from transprune.schedule import Schedule
 
-from .manifest import ManifestError, load_manifest, resolve_inside
+from .manifest import ManifestError, load_manifest, manifest_files, resolve_inside
 
 FLOAT_TYPES = {"fp32": np.float32, "fp16": np.float16}
+# Upper bounds for manifest numbers that size memory (cache buffers, masks, position tables): far
+# above any LLaVA (7B: 4,096 positions, 32 heads of 128, 576 image tokens; NeXT: at most 2,928),
+# low enough that a hostile manifest cannot ask for terabytes before anything checks it.
+MAX_POSITIONS = 1 << 20
+MAX_HEADS, MAX_HEAD_DIM = 1024, 4096
+MAX_IMAGE_TOKENS = 1 << 16
 TENSOR_TYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 
@@ -138,6 +144,8 @@ class Build:
                 inputs = {t.name: t for t in graph.inputs}
                 kv = tuple((past, present) for past, present in graph.attrs["kv"])
                 _, heads, _, head_dim = inputs[kv[0][0]].axes
+                heads = _bounded(heads, 1, MAX_HEADS, f"{graph.name}'s key/value heads")
+                head_dim = _bounded(head_dim, 1, MAX_HEAD_DIM, f"{graph.name}'s head size")
                 shift = graph.attrs["position_shift"]
                 segments.append(SegmentInfo(graph, len(segments), graph.layers, kv, int(heads), int(head_dim),
                                             None if shift is None else int(shift),
@@ -163,9 +171,20 @@ class Build:
                                     f"tokens, the schedule says {schedule.ratios[after]}; re-export the build")
         facts = manifest["model"]["facts"]
         anyres = bool(facts.get("anyres", False))
-        image_tokens = manifest["limits"]["image_tokens"]
+        limits = manifest["limits"]
+        image_tokens = limits["image_tokens"]
+        total = _bounded(limits["max_total_tokens"], 2, MAX_POSITIONS, "limits.max_total_tokens")
+        _bounded(limits["max_text_tokens"], 1, total, "limits.max_text_tokens")
+        low = _bounded(image_tokens["min"], 1, MAX_IMAGE_TOKENS, "limits.image_tokens.min")
+        _bounded(image_tokens["max"], low, min(MAX_IMAGE_TOKENS, total - 1), "limits.image_tokens.max")
         if not anyres and not image_tokens["min"] == image_tokens["max"] == facts["n_image"]:
             raise ValueError(f"image_tokens {image_tokens} do not match the model's {facts['n_image']}")
+        if not anyres:  # each scorer keeps what the schedule says, and fewer tokens than it is given
+            expected = list(schedule.keep_counts(int(facts["n_image"])))
+            found = [scorers[index].keep for index in sorted(scorers)]
+            if found != expected:
+                raise ManifestError(f"{directory}: the scorers keep {found} image tokens, the schedule keeps "
+                                    f"{expected} of {facts['n_image']}; re-export the build")
         return cls(directory=directory, manifest=manifest, graphs=graphs, segments=segments, scorers=scorers,
                    float_type=FLOAT_TYPES[manifest["dtype"]], n_image=None if anyres else int(facts["n_image"]),
                    image_token_id=int(facts["image_token_id"]), eos_token_id=facts.get("eos_token_id"),
@@ -203,11 +222,23 @@ class Build:
         return self.keep_counts if not self.anyres else list(self.schedule.keep_counts(n_image))
 
     def file(self, name: str) -> Path:
-        """A processor file of the build (tokenizer.json, ...), checked to lie inside it."""
+        """A processor file of the build (tokenizer.json, ...), checked to lie inside it and to be one
+        the manifest lists with a sha256 (so ``Build.open`` verified it)."""
+        if name not in manifest_files(self.manifest):
+            raise ManifestError(f"{self.directory}: the manifest names {name!r} without listing it with a sha256, "
+                                f"so it cannot be verified; re-export the build")
         path = resolve_inside(self.directory, name)
         if not path.is_file():
             raise ManifestError(f"{self.directory}: {name} is missing; re-export the build")
         return path
+
+
+def _bounded(value, low: int, high: int, what: str) -> int:
+    """``value`` as an int if it is an integer within ``low..high``, else a ManifestError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ManifestError(f"{what} is {value!r}, outside {low}..{high}; the manifest is damaged or was not "
+                            f"written by transprune-export: re-export the build")
+    return value
 
 
 def _tensor(entry: dict) -> TensorInfo:

@@ -16,7 +16,7 @@ import numpy as np
 
 from transprune.errors import TransPruneError
 
-from .backend import Backend, KVCache
+from .backend import Backend, KVCache, check_threads
 from .build import Build, SegmentInfo
 from .kv_pool import DoubleBufferedCache, KVBufferPool
 
@@ -41,8 +41,8 @@ class OrtBackend(Backend):
                                   f"install onnxruntime-gpu with a matching CUDA, or use --provider cpu")
         providers = [provider_name] if provider == "cpu" else [provider_name, "CPUExecutionProvider"]
         options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        if threads is not None:
+            options.intra_op_num_threads = check_threads(threads)
         options.log_severity_level = 3
         # A chain runs a dozen sessions one after another. Spinning threads of the session that just
         # finished would keep burning the cores the next session needs (measured on the bench model,
@@ -51,7 +51,13 @@ class OrtBackend(Backend):
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.sessions, self.inputs, self.outputs = {}, {}, {}
         for graph in build.graphs.values():
-            session = ort.InferenceSession(str(graph.file), options, providers=providers)
+            try:
+                session = ort.InferenceSession(str(graph.file), options, providers=providers)
+            except Exception as exc:  # onnxruntime's Fail/InvalidGraph/InvalidProtobuf have no common base
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+                raise TransPruneError(f"graph {graph.name!r} ({graph.file.name}): onnxruntime cannot load it "
+                                      f"({reason}); the file is damaged or not from this build: re-export or "
+                                      f"copy the build again") from None
             self.sessions[graph.name] = session
             found = sorted(i.name for i in session.get_inputs()), sorted(o.name for o in session.get_outputs())
             wanted = sorted(t.name for t in graph.inputs), sorted(t.name for t in graph.outputs)

@@ -38,7 +38,13 @@ class PromptEncoder:
         section = build.manifest.get("prompt")
         if not isinstance(section, dict):
             raise ManifestError(f"{build.directory}: the manifest has no 'prompt' section; re-export the build")
-        self.tokenizer = Tokenizer.from_file(str(build.file(section["tokenizer"])))
+        path = build.file(section["tokenizer"])
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for any unreadable file
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ManifestError(f"{path}: not a tokenizer the tokenizers library can read ({first_line}); "
+                                f"re-export the build") from None
         self.image_token = section["image_token"]
         self.chat = section.get("chat")  # {"before": str, "after": str} or None (no chat template)
         self.image_token_id, self.n_image = build.image_token_id, build.n_image
@@ -54,6 +60,11 @@ class PromptEncoder:
         with ``raw`` (it must then hold the image slot where the image goes)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError("the prompt is empty; ask something about the image")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates: bytes that were not UTF-8 (argv, a file)
+            raise PromptError(f"the prompt is not valid text (character {exc.start} is an undecodable byte, "
+                              f"{prompt[exc.start]!r}); pass the prompt as UTF-8") from None
         slots = prompt.count(self.image_token)
         if raw:
             if slots != 1:

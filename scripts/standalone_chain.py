@@ -65,7 +65,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import onnxruntime as ort
 
-SUPPORTED_SCHEMA = 3
+# 4 added, in each graph file's ONNX metadata, "transprune.graph": the graph's identity (name, kind,
+# layers, attrs, dtype) that transprune.runtime checks against the manifest so that swapped files
+# are refused; a host that trusts its build directory may ignore it, as this one does.
+SUPPORTED_SCHEMA = 4
 # The manifest's top-level "dtype" names the model dtype; tensor specs say "float" for it.
 MODEL_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 SPEC_DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}

@@ -22,10 +22,13 @@ class Sampler:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
-            raise TransPruneError(f"temperature {self.temperature} must be >= 0 (0 = greedy)")
-        if not (0.0 < self.top_p <= 1.0):
-            raise TransPruneError(f"top_p {self.top_p} must be in (0, 1]")
+        if not (_is_real(self.temperature) and self.temperature >= 0.0 and np.isfinite(self.temperature)):
+            raise TransPruneError(f"temperature {self.temperature!r} must be a number >= 0 (0 = greedy)")
+        if not (_is_real(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise TransPruneError(f"top_p {self.top_p!r} must be a number in (0, 1]")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
+                                      or not 0 <= self.seed < 2**63):
+            raise TransPruneError(f"seed {self.seed!r} must be an integer from 0 to 2**63 - 1 (or none)")
         self._rng = np.random.default_rng(self.seed)
 
     @property
@@ -53,3 +56,7 @@ class Sampler:
         u = self._rng.random() * cumulative[-1]
         pick = min(int(np.searchsorted(cumulative, u, side="right")), len(cumulative) - 1)
         return int(order[pick])
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

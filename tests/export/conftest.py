@@ -17,6 +17,7 @@ def spec_build(tmp_path):
     from transprune.export.tensorrt.memory import preset_parameters
     from transprune.presets import NEXT_GRID_PINPOINTS, model_preset
     from transprune.runtime.build import Build
+    from transprune.runtime.manifest import SCHEMA_VERSION
 
     def make(name: str, schedule, *, dtype: str = "fp16", max_text_tokens: int = 1024):
         preset = model_preset(name)
@@ -47,7 +48,7 @@ def spec_build(tmp_path):
                                         std=[0.26862954, 0.26130258, 0.27577711], pad_colour=[0, 0, 0])
             image_preprocess = settings.to_dict()
             image_tokens["max"] = max(image_feature_count(tuple(p), settings) for p in NEXT_GRID_PINPOINTS)
-        manifest = {"schema_version": 3, "model": {"id": name, "facts": facts.__dict__}, "dtype": dtype,
+        manifest = {"schema_version": SCHEMA_VERSION, "model": {"id": name, "facts": facts.__dict__}, "dtype": dtype,
                     "schedule": schedule.to_dict(), "graphs": graphs, "image_preprocess": image_preprocess,
                     "limits": _limits(max_text_tokens, image_tokens=image_tokens,
                                       max_positions=text.max_position_embeddings)}

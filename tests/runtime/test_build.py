@@ -73,7 +73,7 @@ def test_a_scorer_ratio_that_contradicts_the_schedule_is_refused(paper_build):
 
 def test_a_fixed_count_build_whose_image_range_disagrees_is_refused(paper_build):
     def edit(manifest):
-        manifest["limits"]["image_tokens"] = {"min": 576, "max": 2928}
+        manifest["limits"]["image_tokens"] = {"min": 576, "max": 600}
 
     with pytest.raises(ManifestError, match="malformed.*image_tokens"):
         Build.from_manifest(paper_build[0], _changed(paper_build, edit))

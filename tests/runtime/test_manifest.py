@@ -5,18 +5,29 @@ import os
 
 import pytest
 
-from transprune.runtime.manifest import MANIFEST, SCHEMA_VERSION, ManifestError, load_manifest, resolve_inside, sha256
+from onnx import helper
+
+from transprune.runtime.manifest import (MANIFEST, SCHEMA_VERSION, ManifestError, graph_identity, load_manifest,
+                                         resolve_inside, sha256)
+from transprune.runtime.onnx_header import IDENTITY_KEY
+
+
+def _graph_file(entry: dict) -> bytes:
+    """An empty ONNX model that says it is ``entry`` (the identity the exporter writes)."""
+    model = helper.make_model(helper.make_graph([], entry["name"], [], []))
+    helper.set_model_props(model, {IDENTITY_KEY: json.dumps(graph_identity(entry, "fp32"))})
+    return model.SerializeToString()
 
 
 def _build(tmp_path, files=None, **overrides):
     """A minimal build directory: one graph file and one processor file, checksummed."""
     build = tmp_path / "build"
     build.mkdir()
-    (build / "head.onnx").write_bytes(b"graph bytes")
+    (build / "head.onnx").write_bytes(_graph_file({"name": "head", "kind": "head"}))
     (build / "tokenizer.json").write_text("{}")
     manifest = {"schema_version": SCHEMA_VERSION, "model": {}, "schedule": {}, "dtype": "fp32", "limits": {},
                 "prompt": {}, "image_preprocess": {},
-                "graphs": [{"name": "head", "file": "head.onnx", "sha256": {"head.onnx": sha256(build / "head.onnx")}}],
+                "graphs": [{"name": "head", "kind": "head", "file": "head.onnx", "sha256": {"head.onnx": sha256(build / "head.onnx")}}],
                 "processor_files": {"tokenizer.json": sha256(build / "tokenizer.json")}}
     manifest.update(overrides)
     (build / MANIFEST).write_text(json.dumps(manifest))

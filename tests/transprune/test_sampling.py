@@ -34,9 +34,16 @@ def test_low_temperature_approaches_greedy():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=-1.0), "temperature -1.0 must be >= 0"),
-    (dict(temperature=1.0, top_p=0.0), "top_p 0.0 must be in"),
-    (dict(temperature=1.0, top_p=1.5), "top_p 1.5 must be in"),
+    (dict(temperature=-1.0), "temperature -1.0 must be a number >= 0"),
+    (dict(temperature="0.5"), "temperature '0.5' must be a number"),
+    (dict(temperature=float("nan")), "temperature nan must be a number >= 0"),
+    (dict(temperature=1.0, top_p=0.0), "top_p 0.0 must be a number in"),
+    (dict(temperature=1.0, top_p=1.5), "top_p 1.5 must be a number in"),
+    (dict(temperature=1.0, top_p=None), "top_p None must be a number in"),
+    (dict(seed=-1), r"seed -1 must be an integer from 0"),
+    (dict(seed=2**64), r"seed \d+ must be an integer from 0"),
+    (dict(seed=1.5), r"seed 1.5 must be an integer"),
+    (dict(seed=True), r"seed True must be an integer"),
 ])
 def test_bad_sampler_settings(kwargs, message):
     with pytest.raises(TransPruneError, match=message):
