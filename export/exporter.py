@@ -2,6 +2,12 @@
 
 Writes into a temporary sibling directory and renames it into place only after every graph has
 been exported (and, by default, validated), so a failure never leaves a half-written build.
+
+What it may write (issue 19): ``--out`` may not be, hold or lie inside what the export reads (the
+checkpoint, the cache it lives in); ``force`` replaces only a directory that is a transprune build
+and holds nothing transprune did not write (``out_dir.check_out``), and the old build stays in
+place until the new one is complete (``transprune.files.replace_directory``). Any failure or
+interrupt removes the staging directory and the parent directories the export created.
 """
 
 from __future__ import annotations
@@ -12,15 +18,18 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 from transprune import __version__
 from transprune.errors import TransPruneError
+from transprune.files import (create_hidden, create_parents, refuse_overlap, remove_created,
+                              replace_directory)
 from transprune.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256
 from transprune.schedule import Schedule
+
+from .out_dir import check_out
 
 DTYPES = {"fp32": "float32", "fp16": "float16"}
 OPSETS = range(18, 21)  # 18: the dynamo exporter's minimum; 20: the newest TensorRT 10 parses
@@ -56,18 +65,15 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     from transprune.runtime.tensorrt.engines import importable_modules
     from .weights import CheckpointWeights, MetaWeights
 
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." or "b/.." name no directory that can be renamed; this does
     if dtype not in DTYPES:
         raise TransPruneError(f"--dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
     if opset not in OPSETS:
         raise TransPruneError(f"--opset {opset} is outside 18..20 (18 is the exporter's minimum, "
                               f"20 TensorRT 10's maximum)")
-    if out.exists() and not force:
-        raise TransPruneError(f"{out} already exists; pass --force to replace it")
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise TransPruneError(f"{out} is a non-empty directory that is not a transprune build; refusing to "
-                              f"replace it even with --force (choose another --out)")
     checkpoint, preset = resolve_checkpoint(model, cache_dir=cache_dir)
+    refuse_overlap(out, inputs=_inputs(checkpoint, preset, cache_dir), what="--out")
+    check_out(out, force=force)
     config = preset.family.transformers_class("config").from_pretrained(checkpoint, local_files_only=True)
     facts = model_facts(config)
     processor = load_processor(checkpoint)
@@ -79,15 +85,17 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     specs = graph_specs(facts, schedule)
     checkpoint_weights = CheckpointWeights(checkpoint)
     weights = MetaWeights(checkpoint_weights, getattr(torch, DTYPES[dtype]))
-    out.parent.mkdir(parents=True, exist_ok=True)
     needed = _estimated_bytes(checkpoint_weights, dtype)
-    _check_free_space(out.parent, needed)
 
     examples = Examples(weights.dtype, n_image=facts.n_image, image_token_id=facts.image_token_id)
     parsers = importable_modules()  # the real TensorRT parsers that check each graph (none: the lint alone)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     steps = len(specs) + (1 if validate else 0)
+    created, claimed = [], []  # what _discard takes back if the export fails, even if interrupted midway
     try:
+        create_parents(out, created)
+        _check_free_space(out.parent, needed)
+        # a plain mkdir (not mkdtemp's 0o700): the build is read by other users and tools, like its files
+        staging, _ = create_hidden(out, "", os.mkdir, claimed)
         entries, checks = [], []
         for number, spec in enumerate(specs, 1):
             started = time.perf_counter()
@@ -141,20 +149,47 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             validation = validate_build(staging, manifest, checkpoint=checkpoint, schedule=schedule)
             manifest["validation"] = json.loads(json.dumps(validation, default=str))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        # the directory had minutes to change: look again before replacing anything
+        check_out(out, force=force)
+        replace_directory(staging, out)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(claimed, created)
         if exc.errno == errno.ENOSPC:
             raise TransPruneError(f"the disk holding {out.parent} is full (export needs about "
                                   f"{needed / 1e9:.1f} GB); nothing was "
                                   f"written. Free space or pass --out on another disk") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise TransPruneError(f"cannot write --out {out}: {exc.strerror} ({exc.filename}); nothing was written. "
+                                  f"Choose another --out") from None
         raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:  # KeyboardInterrupt and SIGTERM (the CLIs' Terminated) too
+        _discard(claimed, created)
         raise
     return manifest
+
+
+def _discard(staging: list[Path], created: list[Path]) -> None:
+    """Takes back what a failed export wrote: the staging directory and the parents it created."""
+    for directory in staging:
+        shutil.rmtree(directory, ignore_errors=True)
+    remove_created(created)
+
+
+def _inputs(checkpoint: Path, preset, cache_dir: Path | None) -> dict:
+    """What the export reads, which ``--out`` may not be, hold or lie inside."""
+    from transprune.checkpoints import hf_hub_cache_dir
+    from transprune.synthetic import default_cache_dir
+
+    inputs = {"the checkpoint": checkpoint}
+    if preset.synthetic:  # built into, and read from, the transprune cache
+        inputs["the transprune cache"] = cache_dir if cache_dir is not None else default_cache_dir()
+    elif cache_dir is not None:
+        inputs["the cache directory"] = cache_dir
+    hub = hf_hub_cache_dir()
+    # a hub snapshot's files are links into the cache's blobs: the whole cache is input
+    if Path(os.path.realpath(checkpoint)).is_relative_to(os.path.realpath(hub)):
+        inputs["the Hugging Face cache"] = hub
+    return inputs
 
 
 def _concrete_dtypes(entry: dict, model_dtype: str) -> dict:

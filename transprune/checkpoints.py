@@ -9,9 +9,10 @@ llava-hf format and the facts about it (a ``ModelPreset``):
 - a local directory.
 
 Every directory is checked the same way before anything is loaded: ``config.json`` of model type
-``llava``, and safetensors weights (pickle checkpoints are refused). ``load_llava`` then loads
-model and processor with ``from_pretrained`` from that directory, offline, with no remote code,
-so the synthetic models go through exactly the code a real checkpoint does.
+``llava`` (or ``llava_next``) with a LLaMA language model, and safetensors weights (pickle
+checkpoints are refused). ``load_llava`` then loads model and processor with ``from_pretrained``
+from that directory, offline, with no remote code, so the synthetic models go through exactly the
+code a real checkpoint does.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TransPruneError
-from .family import family_of_model_type
+from .family import check_text_model, family_of_model_type
 from .presets import PRESETS, ModelPreset, preset_from_hf_config
 
 __all__ = ["LoadedModel", "hf_hub_cache_dir", "load_llava", "read_config", "resolve_checkpoint"]
@@ -99,6 +100,9 @@ def read_config(path: Path) -> dict:
 
 def _check_model_type(config: dict, path: Path) -> None:
     family_of_model_type(config.get("model_type"), where=str(path))
+    text = config.get("text_config")
+    if isinstance(text, dict):  # not a dict: preset_from_hf_config says the config is no LLaVA config
+        check_text_model(text.get("model_type"), where=str(path))
 
 
 def _check_weights(path: Path) -> None:

@@ -61,6 +61,24 @@ def family_of(config) -> ModelFamily:
     return family_of_model_type(getattr(config, "model_type", None))
 
 
+# The language models the segment, scorer and head graphs implement (and the runtime's KV cache
+# assumes): LLaMA's decoder layer, as in LLaVA-1.5 and LLaVA-NeXT-Vicuna. Another text model in a
+# LLaVA config (Mistral's sliding window, GPT-2's layout) would export wrong graphs or fail deep in
+# the exporter, so it is refused up front.
+TEXT_MODEL_TYPES = ("llama",)
+
+
+def check_text_model(model_type, *, where: str = "the checkpoint") -> None:
+    """Refuses a LLaVA config whose language model (``text_config.model_type``) is not one the
+    graphs implement. None (no model_type) is transformers' default for LLaVA: LLaMA."""
+    if model_type is None or model_type in TEXT_MODEL_TYPES:
+        return
+    supported = " or ".join(repr(t) for t in TEXT_MODEL_TYPES)
+    raise TransPruneError(f"{where}: the language model is {model_type!r} (config.json text_config.model_type), but "
+                          f"transprune supports only LLaVA checkpoints with a LLaMA language model (model_type "
+                          f"{supported}: LLaVA-1.5, LLaVA-NeXT Vicuna)")
+
+
 @dataclass(frozen=True)
 class ModelFacts:
     """What the graph specs, the manifest and the runtime need to know about the model."""
@@ -96,9 +114,10 @@ def text_config_dict(config) -> dict:
 
 def model_facts(config) -> ModelFacts:
     """The facts of a transformers LLaVA config (its family decides whether images are tiled)."""
+    anyres = family_of(config).anyres
+    check_text_model(getattr(config.text_config, "model_type", None))
     text = text_config_dict(config)
     vision = config.vision_config
-    anyres = family_of(config).anyres
     strategy = getattr(config, "vision_feature_select_strategy", "default")
     if strategy != "default":
         raise TransPruneError(f"vision_feature_select_strategy {strategy!r} is not supported by the exporter yet; "

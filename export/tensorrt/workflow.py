@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 from transprune.errors import TransPruneError
+from transprune.files import check_writable, create_parents, is_within, refuse_overlap, remove_created
 from transprune.runtime.build import Build
+from transprune.runtime.tensorrt.engines import PLAN_FILE, metadata_path
 
 from .engines import build_engines, compare_engines
-from .plan import make_plan, write_plan
+from .plan import SCRIPT_FILE, make_plan, write_plan
 from .profiles import shape_limits
 from .targets import Target, get_target, resolve_precision
 
@@ -47,16 +49,22 @@ def resolve_target(*, name: str, memory_gib: float | None = None) -> Target:
 
 def plan_build(*, build_dir: Path, target: str, precision: str | None = None, max_batch: int = 1,
                max_text_tokens: int | None = None, max_new_tokens: int | None = None,
-               memory_gib: float | None = None, out: Path | None = None, verify: bool = True) -> PlannedBuild:
+               memory_gib: float | None = None, out: Path | None = None, verify: bool = True,
+               timing_cache: Path | None = None) -> PlannedBuild:
     """Checks the request and writes the plan and script into ``out`` (default:
-    ``build_dir/trt-<target>``); nothing is written when the deployment would not fit.
+    ``build_dir/trt-<target>``); nothing is written when the deployment would not fit, or when
+    ``out`` (or ``timing_cache``, given here to be checked before anything is written) would
+    overwrite an input (``check_engine_dir``, ``check_timing_cache``).
     ``precision`` defaults to fp16 for TensorRT targets and is the export's dtype for TensorRT-RTX."""
     spec = resolve_target(name=target, memory_gib=memory_gib)
     build = Build.open(Path(build_dir), verify=verify)
     precision = resolve_precision(spec, precision, export_dtype=build.manifest["dtype"])
     limits = shape_limits(build, max_batch=max_batch, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens)
     engine_dir = Path(out) if out is not None else build.directory / f"trt-{spec.name}"
+    check_engine_dir(engine_dir, build)
     plan = make_plan(build, target=spec, precision=precision, limits=limits, engine_dir=engine_dir)
+    if timing_cache is not None:
+        check_timing_cache(timing_cache, build=build, engine_dir=engine_dir, plan=plan)
     memory = plan["memory"]
     if not memory["fits"]:
         raise TransPruneError(
@@ -65,7 +73,13 @@ def plan_build(*, build_dir: Path, target: str, precision: str | None = None, ma
             f"{memory['activations_gib']:.2f}, runtime {memory['overhead_gib']:.2f}), more than its "
             f"{memory['budget_gib']:.2f} GiB budget; lower --max-batch/--max-text-tokens/--max-new-tokens, pick a "
             f"target with more memory, or use a model with 4-bit weights. Nothing was written")
-    plan_path, script_path = write_plan(plan, engine_dir)
+    created = []
+    try:
+        create_parents(engine_dir / PLAN_FILE, created)
+        plan_path, script_path = write_plan(plan, engine_dir)
+    except BaseException:  # an interrupt too: an engine directory made for nothing goes again
+        remove_created(created)
+        raise
     return PlannedBuild(build, plan, engine_dir, plan_path, script_path)
 
 
@@ -78,8 +92,58 @@ def build_and_compare(*, planned: PlannedBuild, timing_cache: Path | None = None
         raise TransPruneError(
             "--compare runs engines, which needs the GPU they are for; TensorRT-RTX builds here without one. On an "
             "RTX GPU, compare the chain instead: transprune-run BUILD --backend tensorrt against --backend onnxruntime")
+    if timing_cache is not None:
+        check_timing_cache(timing_cache, build=planned.build, engine_dir=planned.engine_dir, plan=planned.plan)
     build_engines(planned.plan, planned.build, planned.engine_dir, timing_cache=timing_cache, log=log)
     if not compare:
         return []
     results = compare_engines(planned.plan, planned.build, planned.engine_dir, log=log)
     return [f"{g} ({p})" for g, phases in results.items() for p, ok in phases.items() if not ok]
+
+
+def _checkpoint(build: Build):
+    """The checkpoint the build was exported from, as its manifest records it (None if it does not)."""
+    checkpoint = (build.manifest.get("model") or {}).get("checkpoint")
+    return checkpoint if isinstance(checkpoint, str) and checkpoint else None
+
+
+def check_engine_dir(engine_dir: Path, build: Build) -> None:
+    """Refuses an engine directory that would overwrite what transprune-build did not write.
+
+    It may lie inside the build (the default, ``BUILD/trt-TARGET``) but not be the build or hold it,
+    nor be, hold or lie inside the checkpoint. An existing directory must be empty or an engine
+    directory already (it has a plan.json): the plan, script and engines are written by name, and
+    a directory of the user's could hold files of those names.
+    """
+    refuse_overlap(engine_dir, inputs={"the build directory": build.directory, "the checkpoint": _checkpoint(build)},
+                   what="--out", may_lie_inside=("the build directory",))
+    check_writable(engine_dir, what="--out", kind="directory", create_parents=True)
+    if engine_dir.is_dir() and not (engine_dir / PLAN_FILE).is_file() and any(engine_dir.iterdir()):
+        raise TransPruneError(f"--out {engine_dir} holds files but is no engine directory (it has no {PLAN_FILE}); "
+                              f"engines and their plan would overwrite files of the same names there: choose a new or "
+                              f"empty directory")
+
+
+def check_timing_cache(timing_cache: Path, *, build: Build, engine_dir: Path, plan: dict) -> None:
+    """Refuses a timing cache path (read, then rewritten) that is one of the build's files, the
+    checkpoint's, or one the engine directory holds for another purpose (the plan, the script, an
+    engine or its metadata, TensorRT-RTX's runtime cache). Inside the engine directory any other
+    name is fine: the default is ``engine_dir/timing.cache``."""
+    from transprune.runtime.tensorrt.backend import RUNTIME_CACHE_FILE
+
+    timing_cache = Path(timing_cache)
+    if is_within(timing_cache, engine_dir):
+        taken = {PLAN_FILE, SCRIPT_FILE, RUNTIME_CACHE_FILE}
+        for engine in plan["engines"]:
+            taken.update({engine["engine"], metadata_path(Path(engine["engine"])).name})
+        beside = is_within(timing_cache.parent, engine_dir) and is_within(engine_dir, timing_cache.parent)
+        if beside and timing_cache.name in taken:
+            raise TransPruneError(f"--timing-cache {timing_cache} is the engine directory's {timing_cache.name}, "
+                                  f"which transprune-build writes itself; choose another --timing-cache (the default "
+                                  f"is {engine_dir / plan['timing_cache']})")
+        if timing_cache.is_dir():
+            raise TransPruneError(f"--timing-cache {timing_cache} is a directory; name the file to write")
+        return  # the engine directory, created with the plan, was checked by check_engine_dir
+    refuse_overlap(timing_cache, inputs={"the build directory": build.directory, "the checkpoint": _checkpoint(build)},
+                   what="--timing-cache")
+    check_writable(timing_cache, what="--timing-cache", kind="file")

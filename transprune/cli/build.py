@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         planned = plan_build(
             build_dir=args.build_dir, target=args.target, precision=args.precision, max_batch=args.max_batch,
             max_text_tokens=args.max_text_tokens, max_new_tokens=args.max_new_tokens, memory_gib=args.memory_gib,
-            out=args.out, verify=not args.no_verify)
+            out=args.out, verify=not args.no_verify, timing_cache=args.timing_cache)
         print(_summary(planned.plan, planned.plan_path, planned.script_path), file=sys.stderr)
         if args.plan_only:
             return 0

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..errors import TransPruneError
-from ..files import write_atomic
+from ..files import check_writable, refuse_overlap, write_atomic
 from ._common import run_user_command
 
 PROG = "transprune-explain"
@@ -36,15 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_outputs(args) -> None:
+    """Refuses, before the (long) run, outputs that cannot be written or would destroy an input:
+    the image, anything inside the build (its manifest, a graph), or the other output."""
+    inputs = {"--image": args.image, "the build directory": args.build_dir}
+    for what, path in (("--out", args.out), ("--json", args.json)):
+        if path is not None:
+            check_writable(path, what=what, kind="file")
+            refuse_overlap(path, inputs=inputs, what=what)
+    if args.json is not None:
+        refuse_overlap(args.json, inputs={"--out": args.out}, what="--json")
+
+
 def run(args) -> dict:
     from transprune.runtime.explain import draw, explain
     from transprune.runtime.pipeline import Pipeline
 
     if args.out.suffix.lower() != ".png":
         raise TransPruneError(f"--out {args.out} must name a .png file")
-    for path in filter(None, (args.out, args.json)):
-        if not path.parent.is_dir():
-            raise TransPruneError(f"{path.parent} does not exist; create it or choose another path")
+    check_outputs(args)
     with Pipeline.from_dir(args.build_dir, backend=args.backend, verify=not args.no_verify,
                            threads=args.threads) as pipeline:
         explanation = explain(pipeline, args.image, args.prompt, max_new_tokens=args.max_new_tokens)

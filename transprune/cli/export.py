@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "recorded for the runtime and TensorRT profiles (default: 1024)")
     parser.add_argument("--no-validate", action="store_true",
                         help="skip the comparison with the PyTorch reference (it loads the whole model)")
-    parser.add_argument("--force", action="store_true", help="replace an existing build directory")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing build directory: only a transprune build (any schema) holding "
+                             "nothing but its files and transprune-build engine directories; the old build stays "
+                             "in place until the new one is complete")
     parser.add_argument("--check-trt", type=Path, metavar="DIR",
                         help="only re-check the build in DIR for TensorRT (the real parser of TensorRT or "
                              "TensorRT-RTX where one imports, and the operator lint) and print the report")

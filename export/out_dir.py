@@ -1,0 +1,139 @@
+"""What ``export_model`` may do to its ``--out`` (issue 19): create it, or with ``force`` replace a
+directory that is a transprune build and holds nothing transprune did not write.
+
+Why so strict: ``--force`` used to delete any directory that held a ``manifest.json``, the
+checkpoint being read included. Now a directory is replaced only when every entry in it is the
+manifest, a file the manifest lists, or an engine directory ``transprune-build`` wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from transprune.errors import TransPruneError
+from transprune.files import check_writable
+from transprune.runtime.manifest import MANIFEST, SCHEMA_VERSION, manifest_files
+
+# an older build's manifest (or an engine plan) is read only to learn what files it lists; a 7B
+# build's manifest is about 60 kB, so anything this long is no manifest and is not read in full
+_MAX_OLD_MANIFEST_BYTES = 16 << 20
+
+
+def check_out(out: Path, *, force: bool) -> None:
+    """Refuses an ``--out`` the export may not write, before any work (and again before the swap).
+
+    ``--force`` replaces an existing directory only when it is a transprune build and holds nothing
+    else, so that nothing transprune did not write is ever deleted (``_check_replaceable``); an empty
+    directory holds nothing to lose. A symlink is refused (replacing it would move the link, not the
+    build it points to), and so is a file.
+    """
+    if out.is_symlink():
+        raise TransPruneError(f"--out {out} is a symbolic link; pass the directory it points to "
+                              f"({os.path.realpath(out)})")
+    check_writable(out, what="--out", kind="directory", create_parents=True)
+    if not out.exists():
+        return
+    if not force:
+        raise TransPruneError(f"{out} already exists; pass --force to replace it")
+    if any(out.iterdir()):
+        _check_replaceable(out)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Refuses to replace ``out`` unless everything in it was written by transprune.
+
+    Replaceable: ``manifest.json`` of a transprune build (``load_manifest(verify=False)`` for this
+    schema; for an older schema, which this version can no longer load, the same file lists), the
+    files that manifest lists, and engine directories ``transprune-build`` wrote into the build
+    (``_is_engine_dir``): those engines were built from the graphs being replaced, so they go with
+    them. Anything else (a file the user added, a half-written temporary of a killed run, a
+    symlink) is not transprune's to delete: the whole directory is refused. A build of this schema
+    whose manifest lists a missing file is refused too (``load_manifest`` calls it incomplete); an
+    older one is only checked for what it holds, since its fields may differ.
+    """
+    if (out / MANIFEST).is_symlink() or not (out / MANIFEST).is_file():
+        raise TransPruneError(f"{out} is a non-empty directory that is not a transprune build; refusing to "
+                              f"replace it even with --force (choose another --out)")
+    manifest = _replaceable_manifest(out)
+    listed = {MANIFEST, *manifest_files(manifest), *(g["file"] for g in manifest["graphs"])}
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        if entry.is_symlink():
+            foreign.append(entry.name)
+        elif entry.is_file() and entry.name in listed:
+            continue
+        elif entry.is_dir() and _is_engine_dir(entry):
+            continue
+        else:
+            foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise TransPruneError(f"{out} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} that transprune "
+                              f"did not write ({shown}); refusing to replace it even with --force: move them out or "
+                              f"choose another --out")
+    for directory, _, _ in os.walk(out):
+        # renaming the build needs its parent writable (checked), removing it every directory in it
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise TransPruneError(f"cannot replace {out}: {directory} is read-only; make it writable or choose "
+                                  f"another --out")
+
+
+def _replaceable_manifest(out: Path) -> dict:
+    """The manifest of the build in ``out``, or a refusal saying why it is not one."""
+    from transprune.runtime.manifest import ManifestError, check_safe_name, load_manifest
+
+    try:
+        return load_manifest(out, verify=False)
+    except ManifestError as exc:
+        reason = str(exc)
+    try:
+        with open(out / MANIFEST, "rb") as file:
+            manifest = json.loads(file.read(_MAX_OLD_MANIFEST_BYTES + 1))  # too long: not JSON, refused
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # a hostile file nests a million deep
+        manifest = None
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if (type(version) is int and 1 <= version < SCHEMA_VERSION and isinstance(manifest.get("graphs"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("sha256", {}), dict) for g in manifest["graphs"])
+            and isinstance(manifest.get("processor_files", {}), dict)):
+        # an older transprune's build: its manifest lists its files the same way (graphs' sha256
+        # tables and processor_files since schema 1)
+        try:
+            for name in [*manifest_files(manifest), *(g.get("file") for g in manifest["graphs"])]:
+                check_safe_name(name, what="file", where=out / MANIFEST)
+            return manifest
+        except ManifestError as exc:
+            reason = str(exc)
+    raise TransPruneError(f"{out} has a {MANIFEST} but is not a transprune build that can be replaced "
+                          f"({reason.rstrip('.')}); refusing to replace it even with --force: move it away or "
+                          f"choose another --out")
+
+
+def _is_engine_dir(directory: Path) -> bool:
+    """Whether ``directory`` holds exactly what ``transprune-build`` writes: its plan, the trtexec
+    script, the timing cache, TensorRT-RTX's runtime cache, and the plan's engines with their
+    metadata, all plain files."""
+    from transprune.runtime.tensorrt.backend import RUNTIME_CACHE_FILE
+    from transprune.runtime.tensorrt.engines import PLAN_FILE, metadata_path
+
+    from .tensorrt.plan import SCRIPT_FILE, TIMING_CACHE_FILE
+
+    entries = list(directory.iterdir())
+    if not all(entry.is_file() and not entry.is_symlink() for entry in entries):
+        return False
+    try:
+        with open(directory / PLAN_FILE, "rb") as file:
+            plan = json.loads(file.read(_MAX_OLD_MANIFEST_BYTES + 1))  # a plan is smaller than a manifest
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    if not isinstance(plan, dict) or not isinstance(plan.get("engines"), list):
+        return False
+    known = {PLAN_FILE, SCRIPT_FILE, TIMING_CACHE_FILE, RUNTIME_CACHE_FILE}
+    if isinstance(plan.get("timing_cache"), str):  # any JSON may be in there: names (strings) only
+        known.add(plan["timing_cache"])
+    for engine in plan["engines"]:
+        name = engine.get("engine") if isinstance(engine, dict) else None
+        if isinstance(name, str) and name:
+            known.update({name, metadata_path(Path(name)).name})
+    return all(entry.name in known for entry in entries)
