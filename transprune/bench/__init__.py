@@ -1,5 +1,5 @@
 """Benchmarks of the exported builds, as a library; ``scripts/bench_runtime.py``,
-``scripts/bench_next.py`` and ``scripts/report.py`` are its command lines.
+``scripts/bench_next.py``, ``scripts/soak.py`` and ``scripts/report.py`` are its command lines.
 
 An application layer like :mod:`transprune.cli`: it may use :mod:`transprune.export` and
 :mod:`transprune.runtime`, and does so only through :mod:`transprune.bench.export_and_runtime`.
@@ -16,7 +16,8 @@ Shared pieces:
 * ``output``: progress on stderr, JSON files, number cells of markdown tables.
 
 One module per benchmark: ``runtime_vs_hf`` (+ ``runtime_vs_hf_markdown``) for
-bench_runtime.py, ``next_image_sizes`` for bench_next.py, and for report.py ``schedules`` (the
+bench_runtime.py, ``next_image_sizes`` for bench_next.py, ``soak`` for soak.py (many
+generations and threads on one Pipeline, every answer checked), and for report.py ``schedules`` (the
 catalogue), ``flops_table``, ``schedule_timing``, ``report`` (everything gathered into one
 dict), ``plots`` and ``report_markdown`` (docs/BENCHMARKS.md).
 """
