@@ -46,6 +46,7 @@ from PIL import Image
 from transprune.errors import TransPruneError
 from transprune.runtime.preprocess import (
     _RESAMPLE_NAMES,
+    MAX_MODEL_SIDE,
     ImagePreprocess,
     _as_rgb,
     _float_list,
@@ -62,6 +63,14 @@ BASE_IMAGE_MODES = ("resize_to_tile",)
 # Per-tile vision features of CLIP ViT-L/14 at 336 px without its CLS token: 24 x 24.
 DEFAULT_PATCHES_PER_SIDE = 24
 
+# Bounds on the manifest's grid, whose numbers size every image's canvas and tiles (issue 19). The
+# tile side and each pinpoint side are at most MAX_MODEL_SIDE (4096 px: the canvas is then at most
+# 64 MiB); a pinpoint is at most 64 tiles (LLaVA-NeXT uses up to 4, LLaVA-OneVision 36), so an image
+# gives at most 65 tiles (210 MiB of float32 pixel values at 336 px); the list holds at most 256
+# pinpoints (OneVision has 36), since every image is scored against all of them.
+MAX_GRID_TILES = 64
+MAX_PINPOINTS = 256
+
 
 # --------------------------------------------------------------------------------------------
 # The processing description
@@ -77,7 +86,8 @@ class AnyresPreprocess:
     resizes. ``rescale_factor``: multiplier (1/255) or None. ``mean``/``std``: per-channel
     normalisation, both None when not normalising. ``pad_colour``: the 0..255 RGB value of the canvas
     around the resized image (transformers uses black). Built from a manifest, so every field is
-    validated on construction and a bad one raises :class:`TransPruneError` naming it.
+    validated on construction and a bad one raises :class:`TransPruneError` naming it, sizes within
+    :data:`~transprune.runtime.preprocess.MAX_MODEL_SIDE`, :data:`MAX_GRID_TILES` and :data:`MAX_PINPOINTS`.
     """
 
     grid_pinpoints: list[list[int]]
@@ -91,9 +101,10 @@ class AnyresPreprocess:
 
     def __post_init__(self):
         # Normalised copies (lists, plain int/float) replace the given values; the class is frozen.
-        if not _is_int(self.tile_size) or self.tile_size < 1:
-            raise TransPruneError(f"anyres preprocessing field 'tile_size' must be a positive integer (the vision "
-                                  f"tower's input size, 336 for LLaVA-NeXT), got {self.tile_size!r}")
+        if not _is_int(self.tile_size) or not 1 <= self.tile_size <= MAX_MODEL_SIDE:
+            raise TransPruneError(f"anyres preprocessing field 'tile_size' must be a positive integer up to "
+                                  f"{MAX_MODEL_SIDE} (the vision tower's input size, 336 for LLaVA-NeXT), "
+                                  f"got {self.tile_size!r}")
         tile = int(self.tile_size)
         object.__setattr__(self, "tile_size", tile)
         object.__setattr__(self, "grid_pinpoints", _pinpoints(self.grid_pinpoints, tile))
@@ -146,20 +157,30 @@ def _pinpoints(value, tile: int) -> list[list[int]]:
     """Validated ``[[height, width], ...]``; every side a positive multiple of the tile size.
 
     A side that is not a multiple would make transformers cut partial tiles, which its model then
-    counts differently from its processor, so such a list cannot describe a working model.
+    counts differently from its processor, so such a list cannot describe a working model. Sides,
+    tiles and the number of pinpoints are bounded (see :data:`MAX_GRID_TILES`).
     """
     if not isinstance(value, Sequence) or isinstance(value, str) or not value:
         raise TransPruneError(f"anyres preprocessing field 'grid_pinpoints' must be a non-empty list of "
                               f"[height, width] pairs, got {value!r}")
+    if len(value) > MAX_PINPOINTS:
+        raise TransPruneError(f"anyres preprocessing field 'grid_pinpoints' has {len(value)} pinpoints, more than "
+                              f"the limit of {MAX_PINPOINTS}; re-export the build from a real LLaVA-NeXT processor")
     result = []
     for pair in value:
         if (not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2
-                or not all(_is_int(side) and side >= 1 for side in pair)):
+                or not all(_is_int(side) and 1 <= side <= MAX_MODEL_SIDE for side in pair)):
+            # a short excerpt: the list itself may be huge
             raise TransPruneError(f"anyres preprocessing field 'grid_pinpoints' must hold [height, width] pairs of "
-                                  f"positive integers, got {pair!r} in {value!r}")
+                                  f"integers 1..{MAX_MODEL_SIDE}, got {str(pair)[:60]}")
         if any(side % tile for side in pair):
             raise TransPruneError(f"anyres preprocessing field 'grid_pinpoints' has {list(pair)}, which is not a "
                                   f"multiple of tile_size={tile} on both sides; every pinpoint must be whole tiles")
+        tiles = (pair[0] // tile) * (pair[1] // tile)
+        if tiles > MAX_GRID_TILES:
+            raise TransPruneError(f"anyres preprocessing field 'grid_pinpoints' has {list(pair)}, {tiles} tiles of "
+                                  f"tile_size={tile}, more than the limit of {MAX_GRID_TILES} per image; re-export the "
+                                  f"build from a real LLaVA-NeXT processor")
         result.append([int(side) for side in pair])
     return result
 
@@ -236,7 +257,12 @@ def preprocess_anyres(image, settings: AnyresPreprocess) -> tuple[np.ndarray, tu
 
     ``image`` is a PIL image, a path or bytes; anything other than a plain RGB PIL image goes through
     :func:`~transprune.runtime.preprocess.load_image` (transparency onto white, EXIF orientation
-    applied), so ``image_size`` is that of the upright image.
+    applied), so ``image_size`` is that of the upright image. An image that is not one, is empty or
+    closed, or has more than ``MAX_IMAGE_PIXELS`` raises ``ImageError``.
+
+    Whatever the image's shape, every intermediate is bounded by the settings, not by the image: the
+    canvas is a pinpoint, the resized image fits inside it and the base tile is ``tile_size`` square
+    (all at most ``MAX_MODEL_SIDE`` a side, checked when the settings were made).
     """
     rgb = _as_rgb(image)
     height, width = rgb.height, rgb.width
@@ -292,9 +318,11 @@ def _kept_window(image_size, settings: AnyresPreprocess, patches_per_side: int):
     remainder keeps one extra padding row/column. This is done from the aspect ratios of the image and
     the grid, not from the pixel padding of :func:`preprocess_anyres`, so the two can differ by a cell.
     """
-    if not _is_int(patches_per_side) or patches_per_side < 1:
-        raise TransPruneError(f"patches_per_side must be a positive integer (the vision tower's patches per tile "
-                              f"side, 24 for CLIP ViT-L/14 at 336 px), got {patches_per_side!r}")
+    # at most one patch per pixel: the plan's arrays grow with patches_per_side squared
+    if not _is_int(patches_per_side) or not 1 <= patches_per_side <= settings.tile_size:
+        raise TransPruneError(f"patches_per_side must be an integer 1..tile_size={settings.tile_size} (the vision "
+                              f"tower's patches per tile side, 24 for CLIP ViT-L/14 at 336 px), "
+                              f"got {patches_per_side!r}")
     height, width = _image_size(image_size)
     grid_rows, grid_cols = tile_grid((height, width), settings)
     rows, cols = grid_rows * patches_per_side, grid_cols * patches_per_side

@@ -58,7 +58,10 @@ class ImageInputs:
 
     def prepare(self, images: list) -> PreparedImages:
         """``images``: paths, bytes or PIL images, one per prompt of the batch."""
-        loaded = [load_image(image) for image in images]
+        # LLaVA-1.5: an image the preprocessing would refuse (a padded square or resize over the limits)
+        # is refused from its header, before it is decoded; anyres sizes are bounded by the settings.
+        check = None if self.build.anyres else self.settings.check_image_size
+        loaded = [load_image(image, check_size=check) for image in images]
         sizes = [(image.height, image.width) for image in loaded]
         if not self.build.anyres:
             pixels = preprocess(loaded, self.settings)

@@ -25,7 +25,7 @@ from transprune.runtime.anyres import (
     pad_tile_batch,
     preprocess_anyres,
 )
-from transprune.runtime.preprocess import load_image
+from transprune.runtime.preprocess import ImageError, load_image
 
 transformers = pytest.importorskip("transformers")
 from transformers.image_processing_utils import select_best_resolution  # noqa: E402
@@ -94,7 +94,7 @@ _COUNT_SIZES = sorted({
 
 @pytest.mark.parametrize("width, height", [
     (640, 480), (480, 640), (336, 336), (1, 1), (5, 3), (4000, 3000), (1000, 100), (100, 1000),
-    (2000, 1), (1, 2000), (337, 999), (1500, 1501),
+    (2000, 1), (1, 2000), (337, 999), (1500, 1501), (1, 20000), (20000, 1), (3, 10007),
     *[(w, h) for h, w in PINPOINTS],  # each pinpoint's exact size (PINPOINTS are height, width)
 ])
 def test_pixels_and_image_size_match_transformers_bit_for_bit(processor, settings, width, height):
@@ -296,6 +296,54 @@ def test_from_dict_rejects_a_bad_field_naming_it(settings, field, value, problem
     assert field in str(info.value)
 
 
+@pytest.mark.parametrize("field, value, problem", [
+    ("tile_size", 4097, "up to 4096"),
+    ("grid_pinpoints", [[336 * 13, 336]], r"integers 1..4096, got \[4368, 336\]"),
+    ("grid_pinpoints", [[336, 336 * 1000]], "integers 1..4096"),
+    ("grid_pinpoints", [[336 * 9, 336 * 8]], "72 tiles of tile_size=336, more than the limit of 64 per image"),
+    ("grid_pinpoints", [[336, 336]] * 257, "257 pinpoints, more than the limit of 256"),
+])
+def test_from_dict_refuses_a_grid_out_of_range(settings, field, value, problem):
+    """Every number here sizes each image's canvas and tiles: a hostile manifest must not ask for gigabytes."""
+    data = settings.to_dict()
+    data[field] = value
+    with pytest.raises(TransPruneError, match=problem) as info:
+        AnyresPreprocess.from_dict(data)
+    assert field in str(info.value) and "\n" not in str(info.value)
+    # the largest grid allowed still loads: 8 x 8 tiles
+    assert AnyresPreprocess.from_dict({**settings.to_dict(), "grid_pinpoints": [[2688, 2688]]}).max_tiles == 65
+
+
+def _closed_image():
+    image = Image.new("RGB", (8, 8))
+    image.close()
+    return image
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda: None, r"no image was given \(None\)"),
+    (lambda: Image.new("RGB", (0, 0)), r"has no pixels \(0x0\)"),
+    (lambda: Image.new("RGB", (640, 0)), r"has no pixels \(640x0\)"),
+    (_closed_image, "PIL image is closed"),
+    (lambda: np.zeros((4, 4, 3), np.uint8), "not numpy.ndarray"),
+    (lambda: 1.5, "not float"),
+])
+def test_a_value_that_is_not_an_image_raises_image_error(settings, make, problem):
+    with pytest.raises(ImageError, match=problem):
+        preprocess_anyres(make(), settings)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(settings, tmp_path, monkeypatch):
+    from transprune.runtime import preprocess as preprocess_module
+
+    monkeypatch.setattr(preprocess_module, "MAX_IMAGE_PIXELS", 100 * 100)
+    path = tmp_path / "photo.png"
+    _photo(101, 100).save(path)
+    for source in (path, _photo(101, 100)):
+        with pytest.raises(ImageError, match="101x100 pixels .* is above the limit of 100x100"):
+            preprocess_anyres(source, settings)
+
+
 def test_from_dict_rejects_missing_and_unknown_fields(settings):
     data = settings.to_dict()
     with pytest.raises(TransPruneError, match="missing field.*'pad_colour'"):
@@ -317,6 +365,9 @@ def test_a_bad_image_size_is_refused(settings, image_size):
 def test_bad_arguments_of_the_helpers_are_refused(settings):
     with pytest.raises(TransPruneError, match="patches_per_side"):
         packing_plan((480, 640), settings, patches_per_side=0)
+    # more patches than pixels per tile side: the plan's arrays would grow with its square
+    with pytest.raises(TransPruneError, match="patches_per_side must be an integer 1..tile_size=336"):
+        packing_plan((480, 640), settings, patches_per_side=10**6)
     with pytest.raises(TransPruneError, match="no images"):
         pad_tile_batch([])
     with pytest.raises(TransPruneError, match="one tile shape"):

@@ -6,6 +6,7 @@ are seeded noise over gradients, so every interpolation and rounding difference 
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from transprune.errors import TransPruneError
+from transprune.runtime import preprocess as preprocess_module
 from transprune.runtime.preprocess import (
     ImageError,
     ImagePreprocess,
@@ -147,6 +149,84 @@ def test_each_step_switched_or_varied_still_matches(flags):
     assert np.array_equal(ours, _reference(processor, images))
 
 
+# --------------------------------------------------------------------------------------------
+# Images too elongated to resize whole (issue 19): refused from their sizes, with the fix
+
+_REFUSED_RESIZE = (r"would be resized to {resized} \({mpx} Mpx\) before the center crop, above the limit of "
+                   r"4096x4096 \(16.8 Mpx\); crop the image to a less extreme aspect ratio \(at most about {aspect}:1\)$")
+
+
+@pytest.mark.parametrize("width, height, resized, mpx", [
+    (1, 3000, "336x1008000", "338.7"),  # the reported case: 339 Mpx before the 336 x 336 crop
+    (3000, 1, "1008000x336", "338.7"),
+    (1, 20000, "336x6720000", "2257.9"),
+    (5, 3001, "336x201667", "67.8"),
+    (1, 149, "336x50064", "16.8"),  # just outside the aspect limit
+])
+def test_an_image_too_elongated_to_resize_is_refused_from_its_size(width, height, resized, mpx):
+    config = describe_image_processor(_clip())
+    message = _REFUSED_RESIZE.format(resized=resized, mpx=mpx, aspect=148)
+    with pytest.raises(ImageError, match=rf"^image photo.png: {width}x{height} pixels {message}"):
+        config.check_image_size(height, width, "photo.png")
+    # the same from preprocess, before a pixel is resized
+    with pytest.raises(ImageError, match=message):
+        preprocess([Image.new("RGB", (width, height))], config)
+
+
+@pytest.mark.parametrize("resample", [BICUBIC, Image.Resampling.NEAREST])
+def test_the_most_elongated_image_within_the_limit_matches_transformers(resample):
+    """1 x 148 resizes to 336 x 49728 (16.7 Mpx, just inside 16.8): made whole, as transformers makes it;
+    1 x 149 (336 x 50064) is refused. The limit is the same for every filter."""
+    processor = _clip(resample=resample)
+    config = describe_image_processor(processor)
+    for width, height in ((1, 148), (148, 1), (2, 297)):
+        image = _photo(width, height, seed=width + height)
+        assert np.array_equal(preprocess([image], config), _reference(processor, [image])), (width, height)
+    for width, height in ((1, 149), (149, 1)):
+        with pytest.raises(ImageError, match="at most about 148:1"):
+            preprocess([_photo(width, height)], config)
+
+
+def test_the_aspect_limit_follows_the_resize_edge():
+    """The ratio in the message is the limit divided by the edge squared: 334:1 at 224 px."""
+    config = describe_image_processor(_clip(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}))
+    config.check_image_size(334, 1)  # 224 x 74816: 16.76 Mpx
+    config.check_image_size(1, 334)
+    with pytest.raises(ImageError, match=r"1x335 pixels would be resized to 224x75040 .*at most about 334:1\)$"):
+        config.check_image_size(335, 1)
+
+
+def test_padding_to_a_square_is_bounded(llava_pad):
+    config = describe_image_processor(llava_pad)
+    config.check_image_size(3024, 4032)  # a phone photo: a 4032 x 4032 canvas
+    config.check_image_size(3000, 1)
+    with pytest.raises(ImageError, match=r"1x20000 pixels would be padded to a 20000x20000 square \(400.0 Mpx\), "
+                                         r"above the limit of 8192x8192 \(67.1 Mpx\); crop the image"):
+        config.check_image_size(20000, 1)
+    with pytest.raises(ImageError, match="20000x1 pixels would be padded"):
+        preprocess([Image.new("RGB", (20000, 1))], config)
+
+
+def test_sizes_are_checked_from_the_header_before_decoding(tmp_path):
+    """load_image's check_size sees the header's size first: a refusal there costs no decoding (this
+    file holds no pixels, so decoding it would fail differently)."""
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (1, 20000)).save(path)
+    path.write_bytes(path.read_bytes()[:60])  # header only
+    seen = []
+
+    def refuse(height, width, name):
+        seen.append((height, width, name))
+        raise ImageError("refused from the header")
+
+    with pytest.raises(ImageError, match="refused from the header"):
+        load_image(path, check_size=refuse)
+    assert seen == [(20000, 1, str(path))]
+    pad = describe_image_processor(_llava_pad())
+    with pytest.raises(ImageError, match="padded to a 20000x20000 square"):
+        preprocess([path], pad)
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "P+transparency", "PA", "CMYK", "L"])
 def test_other_colour_modes_match_transformers(mode, clip):
     image = _photo(120, 90, seed=11)
@@ -268,6 +348,72 @@ def test_a_decompression_bomb_raises_image_error(tmp_path, monkeypatch):
         load_image(path)
 
 
+def _closed():
+    image = Image.new("RGB", (4, 4))
+    image.close()
+    return image
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda: None, r"no image was given \(None\)"),
+    (lambda: Image.new("RGB", (0, 0)), r"has no pixels \(0x0\)"),
+    (lambda: Image.new("RGBA", (3, 0)), r"has no pixels \(3x0\)"),
+    (_closed, "the PIL image is closed; pass an open image"),
+    (lambda: 7, "not int"),
+    (lambda: np.zeros((2, 2, 3), np.uint8), r"not numpy.ndarray.*Image.fromarray"),
+])
+def test_a_value_that_is_not_an_image_raises_image_error(make, problem):
+    for call in (load_image, lambda v: preprocess(v, describe_image_processor(_clip())),
+                 lambda v: preprocess([v], describe_image_processor(_clip()))):
+        with pytest.raises(ImageError, match=problem) as info:
+            call(make())
+        assert "\n" not in str(info.value)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding(monkeypatch, tmp_path):
+    path = tmp_path / "photo.png"
+    _photo(64, 48).save(path)
+    monkeypatch.setattr(preprocess_module, "MAX_IMAGE_PIXELS", 64 * 48 - 1)
+    for source in (path, path.read_bytes(), Image.open(path), _photo(64, 48)):
+        with pytest.raises(ImageError, match=r"64x48 pixels \(0.0 Mpx\) is above the limit of .*; downscale"):
+            load_image(source)
+        with pytest.raises(ImageError, match="is above the limit of"):
+            preprocess([source], describe_image_processor(_clip()))
+
+
+def test_files_and_bytes_over_the_size_limit_are_refused(monkeypatch, tmp_path):
+    path = tmp_path / "photo.png"
+    _photo(64, 48).save(path)
+    size = path.stat().st_size
+    monkeypatch.setattr(preprocess_module, "MAX_IMAGE_BYTES", size - 1)
+    with pytest.raises(ImageError, match=f"the file is {size} bytes or more, above the {size - 1} bytes limit for "
+                                         f"image files; downscale or recompress"):
+        load_image(path)
+    with pytest.raises(ImageError, match=f"<{size} bytes of image data>: more than the {size - 1} bytes limit"):
+        load_image(path.read_bytes())
+    monkeypatch.setattr(preprocess_module, "MAX_IMAGE_BYTES", size)
+    assert load_image(path).size == (64, 48) and load_image(path.read_bytes()).size == (64, 48)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "image.png"
+    os.mkfifo(fifo)
+    code = ("import sys\nfrom transprune.runtime.preprocess import ImageError, load_image\n"
+            "try:\n    load_image(sys.argv[1])\nexcept ImageError as exc:\n    print(exc)\n")
+    try:
+        child = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("load_image blocked on a FIFO")
+    assert child.stdout.strip() == f"image {fifo}: is a FIFO (named pipe), not a regular file; pass the path of an " \
+                                   f"image file", child.stderr
+
+
+def test_a_plain_rgb_image_is_used_as_given_and_not_copied():
+    image = _photo(40, 30)
+    assert load_image(image) is image
+
+
 def test_images_of_different_output_sizes_cannot_be_batched():
     config = describe_image_processor(_clip(do_center_crop=False))
     with pytest.raises(TransPruneError, match="different sizes"):
@@ -314,6 +460,22 @@ def test_from_dict_rejects_a_mistyped_field(clip, field, value):
     data[field] = value
     with pytest.raises(TransPruneError, match="'mean' and 'std'" if field == "mean" and value is None else field):
         ImagePreprocess.from_dict(data)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("center_crop", [50000, 50000]),  # 7.5 GB of uint8 and 28 GiB of float32 per image
+    ("center_crop", [336, 4097]),
+    ("center_crop", [0, 336]),
+    ("resize", {"shortest_edge": 4097}),
+    ("resize", {"height": 336, "width": 100_000}),
+])
+def test_from_dict_refuses_a_size_out_of_range(clip, field, value):
+    data = describe_image_processor(clip).to_dict()
+    data[field] = value
+    with pytest.raises(TransPruneError, match=f"'{field}'.*1..4096"):
+        ImagePreprocess.from_dict(data)
+    data[field] = [4096, 4096] if field == "center_crop" else {"height": 4096, "width": 4096}
+    assert getattr(ImagePreprocess.from_dict(data), field) == data[field]
 
 
 def test_from_dict_rejects_missing_and_unknown_fields(clip):
