@@ -16,9 +16,6 @@ from transprune.errors import TransPruneError
 from transprune.files import check_writable
 from transprune.runtime.manifest import MANIFEST, SCHEMA_VERSION, manifest_files
 
-# an older build's manifest (or an engine plan) is read only to learn what files it lists; a 7B
-# build's manifest is about 60 kB, so anything this long is no manifest and is not read in full
-_MAX_OLD_MANIFEST_BYTES = 16 << 20
 
 
 def check_out(out: Path, *, force: bool) -> None:
@@ -88,11 +85,7 @@ def _replaceable_manifest(out: Path) -> dict:
         return load_manifest(out, verify=False)
     except ManifestError as exc:
         reason = str(exc)
-    try:
-        with open(out / MANIFEST, "rb") as file:
-            manifest = json.loads(file.read(_MAX_OLD_MANIFEST_BYTES + 1))  # too long: not JSON, refused
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # a hostile file nests a million deep
-        manifest = None
+    manifest = _read_json(out / MANIFEST)
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if (type(version) is int and 1 <= version < SCHEMA_VERSION and isinstance(manifest.get("graphs"), list)
             and all(isinstance(g, dict) and isinstance(g.get("sha256", {}), dict) for g in manifest["graphs"])
@@ -122,11 +115,7 @@ def _is_engine_dir(directory: Path) -> bool:
     entries = list(directory.iterdir())
     if not all(entry.is_file() and not entry.is_symlink() for entry in entries):
         return False
-    try:
-        with open(directory / PLAN_FILE, "rb") as file:
-            plan = json.loads(file.read(_MAX_OLD_MANIFEST_BYTES + 1))  # a plan is smaller than a manifest
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return False
+    plan = _read_json(directory / PLAN_FILE)
     if not isinstance(plan, dict) or not isinstance(plan.get("engines"), list):
         return False
     known = {PLAN_FILE, SCRIPT_FILE, TIMING_CACHE_FILE, RUNTIME_CACHE_FILE}
@@ -137,3 +126,15 @@ def _is_engine_dir(directory: Path) -> bool:
         if isinstance(name, str) and name:
             known.update({name, metadata_path(Path(name)).name})
     return all(entry.name in known for entry in entries)
+
+
+def _read_json(path: Path):
+    """The JSON in ``path`` (an older build's manifest, an engine plan: read only to learn which
+    files they list), or None for anything that is not a regular file of at most a manifest's size
+    holding JSON (a hostile file may nest a million deep)."""
+    from transprune.runtime.manifest import MAX_MANIFEST_BYTES, ManifestError, read_regular_file
+
+    try:
+        return json.loads(read_regular_file(path, limit=MAX_MANIFEST_BYTES, what="manifest"))
+    except (ManifestError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
