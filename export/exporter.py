@@ -32,6 +32,7 @@ from transprune.schedule import Schedule
 from .out_dir import check_out
 
 DTYPES = {"fp32": "float32", "fp16": "float16"}
+WEIGHT_FORMATS = ("float", "int4")  # float: weights in the --dtype; int4: export/int4.py
 OPSETS = range(18, 21)  # 18: the dynamo exporter's minimum; 20: the newest TensorRT 10 parses
 DEFAULT_MAX_TEXT_TOKENS = 1024
 _BYTES_PER = {"fp32": 4, "fp16": 2}
@@ -45,9 +46,15 @@ Progress = Callable[[int, int, str], None]
 
 
 def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: str = "fp32", opset: int = 18,
+                 weight_format: str = "float", block_size: int | None = None, int4_parts: tuple[str, ...] | None = None,
                  max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS, force: bool = False, validate: bool = True,
                  cache_dir: Path | None = None, progress: Progress | None = None) -> dict:
-    """Exports ``model`` pruned by ``schedule`` into ``out``; returns the manifest written there."""
+    """Exports ``model`` pruned by ``schedule`` into ``out``; returns the manifest written there.
+
+    ``weight_format`` "float" stores weights in ``dtype``; "int4" quantizes the weights of
+    ``int4_parts`` (default ``int4.DEFAULT_PARTS``) to int4 in blocks of ``block_size`` (default
+    128) input channels, activations and the other weights staying in ``dtype`` (``export/int4.py``).
+    """
     import torch
 
     from transprune.checkpoints import resolve_checkpoint
@@ -68,6 +75,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     out = Path(os.path.abspath(out))  # "." or "b/.." name no directory that can be renamed; this does
     if dtype not in DTYPES:
         raise TransPruneError(f"--dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+    int4 = _int4_scheme(weight_format, block_size, int4_parts)
     if opset not in OPSETS:
         raise TransPruneError(f"--opset {opset} is outside 18..20 (18 is the exporter's minimum, "
                               f"20 TensorRT 10's maximum)")
@@ -85,7 +93,9 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     specs = graph_specs(facts, schedule)
     checkpoint_weights = CheckpointWeights(checkpoint)
     weights = MetaWeights(checkpoint_weights, getattr(torch, DTYPES[dtype]))
-    needed = _estimated_bytes(checkpoint_weights, dtype)
+    if int4 is not None:
+        int4.check_shapes((name, checkpoint_weights.describe(name)[0]) for name in checkpoint_weights.names())
+    needed = _estimated_bytes(checkpoint_weights, dtype, int4)
 
     examples = Examples(weights.dtype, n_image=facts.n_image, image_token_id=facts.image_token_id)
     parsers = importable_modules()  # the real TensorRT parsers that check each graph (none: the lint alone)
@@ -105,12 +115,13 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             module = kind.module(spec, weights, config)
             args = examples.inputs(kind, spec)
             path = staging / f"{spec.name}.onnx"
-            export_graph(module, spec, path, args=args, opset=opset, weights=weights)
+            export_graph(module, spec, path, args=args, opset=opset, weights=weights, int4=int4)
             del module
             files = sorted(p.name for p in staging.glob(f"{spec.name}.onnx*"))
             checks.append(trt_check.check_graph(path, name=spec.name, modules=parsers))
             entries.append({**_concrete_dtypes(spec.to_dict(), DTYPES[dtype]), "file": f"{spec.name}.onnx",
                             **trt_check.manifest_entries(checks[-1]),
+                            **({"int4_matmuls": checks[-1].lint.op_counts.get("DequantizeLinear", 0)} if int4 else {}),
                             "sha256": {name: sha256(staging / name) for name in files},
                             "bytes": sum((staging / name).stat().st_size for name in files),
                             "export_seconds": round(time.perf_counter() - started, 2)})
@@ -129,6 +140,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             "keep_counts": (list(schedule.keep_counts(facts.n_image)) if not facts.anyres else
                             {bound: list(schedule.keep_counts(image_tokens[bound])) for bound in ("min", "max")}),
             "dtype": dtype,
+            "weights": int4.to_dict() if int4 else {"format": "float", "dtype": dtype},
             "opset": opset,
             "limits": limits,
             "flops": flops_report(model=preset, schedule=schedule).to_dict(),
@@ -228,17 +240,34 @@ def _limits(max_text_tokens: int, *, image_tokens: dict, max_positions: int) -> 
             "max_total_tokens": max_positions, "image_tokens": dict(image_tokens)}
 
 
-def _estimated_bytes(weights, dtype: str) -> int:
-    """Bytes the graphs will take: every checkpoint tensor once in the export dtype (plus the few
-    weights the scorers repeat, covered by the margin the caller adds)."""
+def _estimated_bytes(weights, dtype: str, int4=None) -> int:
+    """Bytes the graphs will take: every checkpoint tensor once in the export dtype, or in half a
+    byte plus its share of a scale where ``int4`` quantizes it (plus the few weights the scorers
+    repeat, covered by the margin the caller adds)."""
     total = 0
     for name in weights.names():
         shape, _ = weights.describe(name)
         count = 1
         for size in shape:
             count *= size
-        total += count * _BYTES_PER[dtype]
+        quantized = int4 is not None and int4.quantizes(name)
+        total += count // 2 + count * _BYTES_PER[dtype] // int4.block_size if quantized else count * _BYTES_PER[dtype]
     return total
+
+
+def _int4_scheme(weight_format: str, block_size: int | None, parts: tuple[str, ...] | None):
+    """The int4 scheme of ``--weights int4`` (None for float weights), its flags checked."""
+    from .int4 import DEFAULT_BLOCK_SIZE, DEFAULT_PARTS, Int4Weights
+
+    if weight_format not in WEIGHT_FORMATS:
+        raise TransPruneError(f"--weights {weight_format!r} is not supported; use one of {', '.join(WEIGHT_FORMATS)}")
+    if weight_format == "float":
+        if block_size is not None or parts is not None:
+            raise TransPruneError("--block-size and --int4-parts apply to --weights int4 only; add --weights int4 "
+                                  "or drop them")
+        return None
+    return Int4Weights(block_size=DEFAULT_BLOCK_SIZE if block_size is None else block_size,
+                       parts=DEFAULT_PARTS if parts is None else tuple(parts))
 
 
 def _check_free_space(directory: Path, needed: int) -> None:

@@ -9,12 +9,15 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from transprune.runtime.manifest import graph_identity
+from transprune.runtime.manifest import graph_identity, weights_label
 from transprune.runtime.onnx_header import IDENTITY_KEY
 
+from .int4 import DEQUANTIZE_OPSET, Int4Weights, QuantizedTensors, insert_dequantize
 from .specs import GraphSpec
+from .weight_layout import fold_weight_transposes
 from .weights import MetaWeights
 
 AXIS_RANGES = {"batch": (1, 64), "seq": (1, 8192), "past": (0, 8192), "total": (1, 16384), "alive": (1, 8192),
@@ -64,13 +67,17 @@ def _quiet(*loggers: str):
 
 
 def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: tuple, opset: int,
-                 weights: MetaWeights) -> int:
+                 weights: MetaWeights, int4: Int4Weights | None = None) -> int:
     """Writes ``path`` (and ``path.data`` for large graphs); returns the bytes of weights written.
 
     ``module`` is built on shape-only ``meta`` weights, so tracing holds no weights at all. Every
     initializer that comes from a parameter becomes a lazy tensor that reads its checkpoint tensor
     when the file is written, and large graphs are written to external data a few tensors at a
     time: peak memory is about one layer, whatever the model size.
+
+    Weights are stored in the layout MatMul reads (``weight_layout``); with ``int4`` the weights it
+    quantizes become int4 values and scales behind a ``DequantizeLinear`` (``int4``), quantized
+    while they stream into the file.
     """
     import onnx_ir as ir
     import onnxscript
@@ -102,19 +109,48 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: 
     with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript"):
         warnings.simplefilter("ignore")
         onnxscript.optimizer.optimize_ir(model)  # logs a warning per value-less initializer
+    values = _stream_weights(model, sources, weights, int4)
     weight_bytes = 0
     for name, value in model.graph.initializers.items():
-        if value.const_value is not None:
+        if name not in values:
             continue  # a constant the exporter computed (it has real values)
-        source = sources[name]
-        value.const_value = ir.LazyTensor(lambda source=source: ir.tensor(weights.load(source).numpy()),
-                                          dtype=value.dtype, shape=value.shape, name=name)
+        value.const_value = ir.LazyTensor(values[name], dtype=value.dtype, shape=value.shape, name=name)
         weight_bytes += value.const_value.nbytes
     # which graph of which build this file is: the runtime refuses it anywhere else (runtime/manifest.py)
-    identity = graph_identity(spec.to_dict(), _DTYPE_NAMES[weights.dtype])
+    identity = graph_identity(spec.to_dict(), _DTYPE_NAMES[weights.dtype], weights=weights_label(int4.to_dict() if int4 else None))
     model.metadata_props[IDENTITY_KEY] = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     if weight_bytes > EXTERNAL_DATA_BYTES:
         ir.save(model, path, external_data=f"{path.name}.data", max_workers=1)
     else:
         ir.save(model, path)
     return weight_bytes
+
+
+def _stream_weights(model, sources: dict, weights: MetaWeights, int4: Int4Weights | None) -> dict:
+    """{initializer name: function giving its values} for every checkpoint weight of ``model``,
+    after storing MatMul weights transposed and, with ``int4``, quantizing the ones it names.
+    Nothing is read here: each function runs when the file is written."""
+    import onnx_ir as ir
+
+    graph = model.graph
+    unset = {name for name, value in graph.initializers.items() if value.const_value is None}
+    folded = fold_weight_transposes(graph, is_checkpoint_weight=lambda value: value.name in unset)
+    values = {name: (lambda source=sources[name]: ir.tensor(weights.load(source).numpy()))
+              for name in unset if name in graph.initializers}
+    for name, original in folded.items():
+        values[name] = lambda source=sources[original]: ir.tensor(weights.load(source).T.contiguous().numpy())
+    if int4 is not None:
+        float_type = ir.DataType.FLOAT16 if weights.dtype == torch.float16 else ir.DataType.FLOAT
+        quantized = QuantizedTensors(lambda source: weights.weights[source].float().numpy(), int4,
+                                     np.float16 if weights.dtype == torch.float16 else np.float32)
+        made = insert_dequantize(graph, sources={name: sources[original] for name, original in folded.items()},
+                                 scheme=int4, float_type=float_type)
+        for name, (source, part) in made.items():
+            if part == "values":
+                values[name] = lambda name=name, source=source: ir.PackedTensor(
+                    quantized.get(source, "values"), ir.DataType.INT4, shape=graph.initializers[name].shape)
+            else:
+                values[name] = lambda source=source: ir.tensor(quantized.get(source, "scales"))
+        if made:  # blocked INT4 DequantizeLinear exists from opset 21 on; no op of ours changed meaning since 18
+            graph.opset_imports[""] = max(graph.opset_imports.get("", 0), DEQUANTIZE_OPSET)
+    return values

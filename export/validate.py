@@ -113,69 +113,138 @@ def validate_chain(manifest: dict, *, build, loaded, schedule, backend) -> dict:
     identical at every stage and 16 greedy tokens identical (fp32); agreement reported for fp16.
     LLaVA-NeXT builds run the sample image at several aspect ratios (each its own image-token
     count and tiling), prepared by the runtime's own anyres preprocessing."""
-    from transprune.runtime.inputs import ImageInputs
-    from transprune.sample_image import sample_image
-
-    image = sample_image()
-    images = [image] if not build.anyres else [image.resize(size) for size in ANYRES_CHAIN_SIZES]
-    results = [_validate_chain_image(manifest, build=build, loaded=loaded, schedule=schedule, backend=backend,
-                                     image=picture, inputs=ImageInputs(build)) for picture in images]
+    runs = [_ChainRun(build, loaded, image) for image in _chain_images(build)]
+    results = [_validate_chain_image(manifest, run=run, reference=run.reference(loaded, schedule), backend=backend)
+               for run in runs]
     first = dict(results[0])
     if build.anyres:
         first["images"] = results
     return first
 
 
-def _validate_chain_image(manifest: dict, *, build, loaded, schedule, backend, image, inputs) -> dict:
-    from transprune.reference import TransPruneReference, encode_inputs
-    from transprune.runtime.chain import Chain
+def _chain_images(build) -> list:
+    from transprune.sample_image import sample_image
 
-    encoded = encode_inputs(loaded.processor, [image], [VALIDATION_PROMPT])
-    reference = TransPruneReference(loaded.model, schedule).generate(
-        encoded["input_ids"], encoded["attention_mask"], encoded["pixel_values"], max_new_tokens=VALIDATION_TOKENS,
-        image_sizes=encoded.get("image_sizes"))
-    prepared = inputs.prepare([image])
-    ours = Chain(build, backend).generate(encoded["input_ids"].numpy(), encoded["attention_mask"].numpy(),
-                                          prepared.pixel_values, pack_index=prepared.pack_index,
-                                          max_new_tokens=VALIDATION_TOKENS)
+    image = sample_image()
+    return [image] if not build.anyres else [image.resize(size) for size in ANYRES_CHAIN_SIZES]
+
+
+class _ChainRun:
+    """One image of the chain check: its encoded prompt, and the reference's and our generations."""
+
+    def __init__(self, build, loaded, image) -> None:
+        from transprune.reference import encode_inputs
+        from transprune.runtime.inputs import ImageInputs
+
+        self.build, self.image = build, image
+        self.encoded = encode_inputs(loaded.processor, [image], [VALIDATION_PROMPT])
+        self.prepared = ImageInputs(build).prepare([image])
+        self.where = (f" ({image.width}x{image.height} image, {self.prepared.image_tokens[0]} image tokens)"
+                      if build.anyres else "")
+
+    def reference(self, loaded, schedule):
+        from transprune.reference import TransPruneReference
+
+        encoded = self.encoded
+        return TransPruneReference(loaded.model, schedule).generate(
+            encoded["input_ids"], encoded["attention_mask"], encoded["pixel_values"],
+            max_new_tokens=VALIDATION_TOKENS, image_sizes=encoded.get("image_sizes"))
+
+    def ours(self, backend):
+        from transprune.runtime.chain import Chain
+
+        return Chain(self.build, backend).generate(
+            self.encoded["input_ids"].numpy(), self.encoded["attention_mask"].numpy(), self.prepared.pixel_values,
+            pack_index=self.prepared.pack_index, max_new_tokens=VALIDATION_TOKENS)
+
+
+def agreement(ours, reference) -> dict:
+    """How closely a generation follows a reference one: greedy tokens equal (of 16) and whether
+    the first is, kept-index overlap per stage, and the largest logit difference over the steps
+    both ran on the same tokens (up to the first that differs: after it the two continue
+    different texts). Either side may be our chain's result or the PyTorch reference's."""
+    (mine, my_kept, my_logits), (theirs, their_kept, their_logits) = _view(ours), _view(reference)
+    same = [a == b for a, b in zip(mine, theirs)]
+    shared_steps = same.index(False) + 1 if False in same else len(same)
+    overlaps = [float(np.mean([len(np.intersect1d(a, b)) / len(b) for a, b in zip(got, want)]))
+                for got, want in zip(my_kept, their_kept)]
+    logit_error = max(float(np.abs(a - b).max()) for a, b in list(zip(my_logits, their_logits))[:shared_steps])
+    return {"tokens_identical": sum(same), "tokens": len(same), "first_token_identical": bool(same and same[0]),
+            "kept_overlap": overlaps, "max_logit_error": logit_error}
+
+
+def _view(generation) -> tuple[list, list, list]:
+    """(tokens of the first sample, kept indices per stage, logits per step) as numpy, from the
+    runtime chain's result or the reference's (torch tensors, ``records``)."""
+    if hasattr(generation, "records"):
+        return (generation.tokens[0], [r.kept.numpy() for r in generation.records],
+                [step.numpy() for step in generation.step_logits])
+    return generation.tokens[0], [stage.kept for stage in generation.stages], list(generation.step_logits)
+
+
+def _validate_chain_image(manifest: dict, *, run: "_ChainRun", reference, backend) -> dict:
+    ours = run.ours(backend)
     exact = manifest["dtype"] == "fp32"
-    where = f" ({image.width}x{image.height} image, {prepared.image_tokens[0]} image tokens)" if build.anyres else ""
-    overlaps = []
     for stage, (mine, theirs) in enumerate(zip(ours.stages, reference.records)):
         want = theirs.kept.numpy()
         if mine.kept.shape != want.shape:
-            raise ValidationError(f"chain{where}: stage {stage} kept {mine.kept.shape[1]} image tokens, the reference "
-                                  f"{want.shape[1]}")
-        overlaps.append(float(np.mean([len(np.intersect1d(a, b)) / len(b) for a, b in zip(mine.kept, want)])))
+            raise ValidationError(f"chain{run.where}: stage {stage} kept {mine.kept.shape[1]} image tokens, the "
+                                  f"reference {want.shape[1]}")
         if exact and not np.array_equal(mine.kept, want):
             differ = int((mine.kept != want).sum())
-            raise ValidationError(f"chain{where}: stage {stage} (after layer {mine.after_layer}): {differ} kept "
+            raise ValidationError(f"chain{run.where}: stage {stage} (after layer {mine.after_layer}): {differ} kept "
                                   f"indices differ from the reference")
     if exact and ours.tokens != reference.tokens:
-        raise ValidationError(f"chain{where}: generated tokens differ from the reference: {ours.tokens} vs "
+        raise ValidationError(f"chain{run.where}: generated tokens differ from the reference: {ours.tokens} vs "
                               f"{reference.tokens}")
-    same_tokens = sum(a == b for a, b in zip(ours.tokens[0], reference.tokens[0]))
-    logit_error = max(float(np.abs(a - b.numpy()).max()) for a, b in zip(ours.step_logits, reference.step_logits))
-    return {"prompt": VALIDATION_PROMPT, "image_size": [image.height, image.width],
-            "image_tokens": [prepared.image_tokens[0], *(stage.keep for stage in ours.stages)],
+    agreed = agreement(ours, reference)
+    return {"prompt": VALIDATION_PROMPT, "image_size": [run.image.height, run.image.width],
+            "image_tokens": [run.prepared.image_tokens[0], *(stage.keep for stage in ours.stages)],
             "tokens": ours.tokens[0], "reference_tokens": reference.tokens[0],
-            "tokens_identical": same_tokens, "kept_overlap": overlaps, "exact": exact,
-            "max_logit_error": logit_error}
+            "tokens_identical": agreed["tokens_identical"], "kept_overlap": agreed["kept_overlap"], "exact": exact,
+            "max_logit_error": agreed["max_logit_error"]}
 
 
 def validate_build(build_dir: Path, manifest: dict, *, checkpoint: Path, schedule, progress=None) -> dict:
-    """Per-graph checks, then the chain; returns the manifest's ``validation`` section."""
+    """Per-graph checks, then the chain; returns the manifest's ``validation`` section.
+
+    An int4 build is checked twice over. Exactness: the reference model's weights are replaced by
+    their int4 values dequantized (``int4.quantize_reference``) and the graphs run with
+    onnxruntime computing in float, so every graph and the chain must match as tightly as an fp32
+    build: an export bug cannot hide behind quantization error. Accuracy: the chain is compared
+    with the float model (the checkpoint as it is), both in float math and as onnxruntime runs it
+    by default (int8 activations), and the agreement is reported, not required.
+    """
     from transprune.checkpoints import load_llava
     from transprune.runtime.build import Build
     from transprune.runtime.ort_backend import OrtBackend
 
+    from .int4 import Int4Weights, quantize_reference
+
     loaded = load_llava(str(checkpoint))
     build = Build.from_manifest(build_dir, manifest)
-    backend = OrtBackend(build)
+    weights = manifest.get("weights") or {}
+    int4 = Int4Weights(weights["block_size"], tuple(weights["parts"])) if weights.get("format") == "int4" else None
+    baseline = None
+    if int4 is not None:
+        if progress:
+            progress("running the float model for the int4 accuracy report")
+        runs = [_ChainRun(build, loaded, image) for image in _chain_images(build)]
+        baseline = [run.reference(loaded, schedule) for run in runs]
+        quantize_reference(loaded.model, int4, build.float_type)
+    backend = OrtBackend(build, int4_accuracy_level=0 if int4 is not None else None)
     if progress:
         progress("validating graphs")
     graphs = validate_graphs(manifest, build=build, loaded=loaded, schedule=schedule, run=backend.run)
     if progress:
         progress("validating the chain")
     chain = validate_chain(manifest, build=build, loaded=loaded, schedule=schedule, backend=backend)
-    return {"dtype": manifest["dtype"], "tolerance": TOLERANCE[manifest["dtype"]], "graphs": graphs, "chain": chain}
+    report = {"dtype": manifest["dtype"], "tolerance": TOLERANCE[manifest["dtype"]], "graphs": graphs, "chain": chain}
+    if int4 is not None:
+        default = OrtBackend(build)  # what transprune-run uses
+        report["int4_accuracy"] = {
+            "against": "the float checkpoint as exported (fp32 reference), same image and prompt, 16 greedy tokens",
+            "float_math": [agreement(run.ours(backend), base) for run, base in zip(runs, baseline)],
+            "onnxruntime_default": [agreement(run.ours(default), base) for run, base in zip(runs, baseline)],
+        }
+    return report

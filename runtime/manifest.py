@@ -69,12 +69,36 @@ def check_safe_name(value, *, what: str, where) -> str:
     return value
 
 
-def graph_identity(entry: dict, dtype: str) -> dict:
+def graph_identity(entry: dict, dtype: str, weights: str | None = None) -> dict:
     """What a graph file must say it is (its ``IDENTITY_KEY`` metadata): its name, role, layers and
-    attributes (keep counts, scoring, position shift...) and the build's dtype, as JSON values."""
+    attributes (keep counts, scoring, position shift...), the build's dtype and, for quantized
+    builds, how its weights are stored (``weights_label``: "int4/128"), as JSON values."""
     identity = {"name": entry["name"], "kind": entry["kind"], "layers": entry.get("layers"),
                 "attrs": entry.get("attrs", {}), "dtype": dtype}
+    if weights is not None:
+        identity["weights"] = weights
     return json.loads(json.dumps(identity))  # tuples become lists: the form read back from the file
+
+
+WEIGHT_FORMATS = ("float", "int4")  # "float": the build's dtype (the default); "int4": export/int4.py
+
+
+def _check_weights_section(path: Path, section) -> None:
+    if section is None:
+        return
+    block = section.get("block_size") if isinstance(section, dict) else None
+    if (not isinstance(section, dict) or section.get("format") not in WEIGHT_FORMATS
+            or (section["format"] == "int4" and not (type(block) is int and 1 <= block <= 4096))):
+        raise ManifestError(f"{path}: 'weights' does not describe a weight format this transprune reads "
+                            f"({', '.join(WEIGHT_FORMATS)}); re-export the build")
+
+
+def weights_label(section: dict | None) -> str | None:
+    """How a build stores its weights, as its graphs' identities say it: None for the float dtype,
+    "int4/128" for int4 in blocks of 128 (the manifest's ``weights`` section)."""
+    if not section or section.get("format") in (None, "float"):
+        return None
+    return f"{section.get('format')}/{section.get('block_size')}"
 
 
 def manifest_files(manifest: dict) -> dict[str, str]:
@@ -111,6 +135,7 @@ def load_manifest(build_dir: Path, *, verify: bool = True) -> dict:
         if not isinstance(graph.get("sha256"), dict) or graph["file"] not in graph["sha256"]:
             raise ManifestError(f"{path}: graph {graph['name']!r} does not list its file {graph['file']!r} with a "
                                 f"sha256, so it cannot be verified; re-export the build")
+    _check_weights_section(path, manifest.get("weights"))
     if not isinstance(manifest.get("processor_files", {}), dict):
         raise ManifestError(f"{path}: 'processor_files' is not a table of files; re-export the build")
     files = manifest_files(manifest)
@@ -127,7 +152,7 @@ def load_manifest(build_dir: Path, *, verify: bool = True) -> dict:
             raise ManifestError(f"{build_dir}: {name} does not match its sha256 in the manifest (corrupt or "
                                 f"modified); copy or export the build again")
     for graph in manifest["graphs"]:
-        _check_graph_file(build_dir, graph, manifest["dtype"])
+        _check_graph_file(build_dir, graph, manifest["dtype"], weights_label(manifest.get("weights")))
     return manifest
 
 
@@ -182,7 +207,7 @@ def _depth(value) -> int:
     return deepest
 
 
-def _check_graph_file(build_dir: Path, graph: dict, dtype: str) -> None:
+def _check_graph_file(build_dir: Path, graph: dict, dtype: str, weights: str | None) -> None:
     """The graph file's external data lies inside the build and is listed with a sha256, and the file
     says it is the graph this entry describes."""
     path = resolve_inside(build_dir, graph["file"])
@@ -202,7 +227,7 @@ def _check_graph_file(build_dir: Path, graph: dict, dtype: str) -> None:
     except (json.JSONDecodeError, ValueError, RecursionError):
         raise ManifestError(f"{build_dir}: {graph['file']} has an unreadable graph identity; re-export the "
                             f"build") from None
-    expected = graph_identity(graph, dtype)
+    expected = graph_identity(graph, dtype, weights)
     if identity != expected:
         claims = identity.get("name") if isinstance(identity, dict) else None
         raise ManifestError(f"{build_dir}: {graph['file']} is not the graph the manifest puts there (it says it is "

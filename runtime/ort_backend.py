@@ -23,12 +23,19 @@ from .kv_pool import DoubleBufferedCache, KVBufferPool
 # the execution providers a user may pick, by short name, and the device their buffers live on
 PROVIDERS = {"cpu": ("CPUExecutionProvider", "cpu"), "cuda": ("CUDAExecutionProvider", "cuda"),
              "tensorrt": ("TensorrtExecutionProvider", "cuda")}
+# onnxruntime's MatMulNBits accuracy levels: 0 (unset: float), 1 fp32, 2 fp16, 3 bf16, 4 int8 activations
+INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
 class OrtBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, build: Build, *, threads: int | None = None, provider: str = "cpu") -> None:
+    def __init__(self, build: Build, *, threads: int | None = None, provider: str = "cpu",
+                 int4_accuracy_level: int | None = None) -> None:
+        """``int4_accuracy_level``: how onnxruntime's CPU kernel multiplies int4 weights (it fuses
+        our DequantizeLinear + MatMul into its MatMulNBits): None keeps onnxruntime's default (4:
+        activations rounded to int8 per block, the fastest); 0 computes in float, exactly the
+        dequantized weights' math (what validation checks, and what TensorRT does)."""
         import onnxruntime as ort
 
         super().__init__(build)
@@ -49,6 +56,11 @@ class OrtBackend(Backend):
         # 2 cores: decode 186 -> 70 ms/token for the pruned chain of 4 segments).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if int4_accuracy_level is not None:
+            if int4_accuracy_level not in INT4_ACCURACY_LEVELS:
+                raise TransPruneError(f"int4 accuracy level {int4_accuracy_level!r} is not one of "
+                                      f"{', '.join(map(str, INT4_ACCURACY_LEVELS))} (0: float math, 4: int8 activations)")
+            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(int4_accuracy_level))
         self.sessions, self.inputs, self.outputs = {}, {}, {}
         for graph in build.graphs.values():
             try:

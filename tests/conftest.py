@@ -87,6 +87,23 @@ def schedule_build(tmp_path_factory, tiny_checkpoint, paper_build):
     return build
 
 
+# tiny's hidden size is 64, so its int4 builds use blocks of 32 (the default 128 needs K % 128 == 0)
+TINY_INT4_BLOCK = 32
+
+
+@pytest.fixture(scope="session")
+def int4_build(tmp_path_factory, tiny_checkpoint):
+    """(build directory, manifest) of ``tiny`` exported with the paper schedule and int4 weights
+    (blocks of ``TINY_INT4_BLOCK``), validated: once per session."""
+    from transprune.export.exporter import export_model
+    from transprune.schedule import preset
+
+    out = tmp_path_factory.mktemp("builds") / "tiny-paper-int4"
+    manifest = export_model(model=str(tiny_checkpoint), out=out, schedule=preset("paper"), weight_format="int4",
+                            block_size=TINY_INT4_BLOCK)
+    return out, manifest
+
+
 @pytest.fixture(scope="session")
 def tiny_next_model(transprune_cache):
     """``LoadedModel`` of ``tiny-next`` (LLaVA-NeXT: anyres tiles on the 7B's grid pinpoints)."""

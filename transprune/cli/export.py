@@ -35,7 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_schedule_arguments(parser)
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"],
                         help="weights and activations of the graphs (default: fp32)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18..20 (default: 18)")
+    parser.add_argument("--weights", default="float", choices=["float", "int4"],
+                        help="float (default): weights in the --dtype; int4: decoder and lm_head weights in 4 bits "
+                             "(symmetric, one scale per block of input channels) behind a standard "
+                             "DequantizeLinear that onnxruntime, TensorRT and TensorRT-RTX all take")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="--weights int4: input channels per scale, 16..256, a power of two (default: 128)")
+    parser.add_argument("--int4-parts", type=lambda text: tuple(p for p in text.split(",") if p), default=None,
+                        metavar="PART,...",
+                        help="--weights int4: which weights to quantize, from decoder, lm_head, vision, projector "
+                             "(default: decoder,lm_head; README \"4-bit weights\" has the measurements)")
+    parser.add_argument("--opset", type=int, default=18,
+                        help="ONNX opset, 18..20 (default: 18); graphs holding int4 weights import 21, the first "
+                             "opset with blocked int4 DequantizeLinear")
     parser.add_argument("--max-text-tokens", type=int, default=None,
                         help="longest text prompt (without image tokens) the build promises to accept; "
                              "recorded for the runtime and TensorRT profiles (default: 1024)")
@@ -123,7 +135,12 @@ def _report(manifest: dict, out: Path, seconds: float) -> str:
             " (fewest / most per image)"
     else:
         stages = " -> ".join(str(n) for n in [image_tokens["min"], *keep])
-    lines.append(f"{len(manifest['graphs'])} graphs, {_size(total)} ({manifest['dtype']}, opset {manifest['opset']}) "
+    weights = manifest.get("weights") or {}
+    stored = (f"{manifest['dtype']}, int4 weights ({'+'.join(weights['parts'])}, blocks of {weights['block_size']})"
+              if weights.get("format") == "int4" else manifest["dtype"])
+    opset = f"opset {manifest['opset']}" + (f", {weights['dequantize_opset']} where int4"
+                                            if weights.get("format") == "int4" else "")
+    lines.append(f"{len(manifest['graphs'])} graphs, {_size(total)} ({stored}, {opset}) "
                  f"in {out} after {seconds:.0f} s")
     flops = manifest["flops"]
     lines.append(f"schedule {manifest['schedule']['name']}: image tokens {stages}; prefill FLOPs "
@@ -137,11 +154,29 @@ def _report(manifest: dict, out: Path, seconds: float) -> str:
         verdict = ("kept indices and 16 greedy tokens identical to the PyTorch reference" if chain["exact"] else
                    f"{chain['tokens_identical']}/16 tokens identical, kept overlap "
                    f"{min(chain['kept_overlap']):.1%} (fp16)")
+        accuracy = manifest["validation"].get("int4_accuracy")
+        if accuracy:
+            verdict = verdict.replace("the PyTorch reference", "the PyTorch reference with the same int4 weights")
         lines.append(f"validation: every graph at 3 sizes within tolerance; chain: {verdict}; max logit error "
                      f"{chain['max_logit_error']:.1e}")
+        if accuracy:
+            lines.extend(_int4_accuracy_lines(accuracy))
     else:
         lines.append("validation: skipped (--no-validate)")
     return "\n".join(lines)
+
+
+def _int4_accuracy_lines(accuracy: dict) -> list[str]:
+    lines = []
+    for label, key in (("float math", "float_math"), ("onnxruntime's default int8 activations", "onnxruntime_default")):
+        first = accuracy[key][0]  # the first chain image (LLaVA-NeXT checks several)
+        overlap = " / ".join(f"{o:.0%}" for o in first["kept_overlap"])
+        lines.append(f"int4 against the float model ({label}): {first['tokens_identical']}/{first['tokens']} greedy "
+                     f"tokens identical (first token {'identical' if first['first_token_identical'] else 'differs'}), "
+                     f"kept-token overlap {overlap}, max logit error {first['max_logit_error']:.3g}")
+    lines.append("  (random-weight test models lose far more to int4 than trained checkpoints do; on a real "
+                 "checkpoint, read these numbers and check answers on your own images)")
+    return lines
 
 
 def check_trt(build_dir: Path, *, as_json: bool) -> int:
@@ -189,6 +224,7 @@ def run(args) -> int:
     try:
         manifest = export_model(
             model=args.model, out=out, schedule=schedule, dtype=args.dtype, opset=args.opset,
+            weight_format=args.weights, block_size=args.block_size, int4_parts=args.int4_parts,
             max_text_tokens=args.max_text_tokens if args.max_text_tokens is not None else DEFAULT_MAX_TEXT_TOKENS,
             force=args.force, validate=not args.no_validate, progress=bar,
         )
