@@ -66,8 +66,10 @@ import numpy as np
 import onnxruntime as ort
 
 # 4 added, in each graph file's ONNX metadata, "transprune.graph": the graph's identity (name, kind,
-# layers, attrs, dtype) that transprune.runtime checks against the manifest so that swapped files
-# are refused; a host that trusts its build directory may ignore it, as this one does.
+# layers, attrs, dtype; for int4 builds the weight format too) that transprune.runtime checks
+# against the manifest so that swapped files are refused; a host that trusts its build directory
+# may ignore it, as this one does. Int4 builds (manifest "weights") need nothing else here: their
+# graphs are standard ONNX (DequantizeLinear + MatMul) that onnxruntime runs as they are.
 SUPPORTED_SCHEMA = 4
 # The manifest's top-level "dtype" names the model dtype; tensor specs say "float" for it.
 MODEL_DTYPES = {"fp32": np.float32, "fp16": np.float16}
