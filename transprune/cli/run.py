@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "tensorrt"],
                         help="onnxruntime execution provider (cuda and tensorrt need onnxruntime-gpu)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--int4-accuracy-level", type=int, default=None, choices=[0, 4],
+                        help="int4 builds on onnxruntime: 0 multiplies in float (exactly the dequantized weights, "
+                             "as validation checks), 4 rounds activations to int8 per block (onnxruntime's default, "
+                             "the fastest on CPU)")
     parser.add_argument("--engines", type=Path, default=None,
                         help="tensorrt backend: the engine directory transprune-build wrote (default: the one "
                              "trt-* directory inside the build)")
@@ -63,8 +67,11 @@ def _backend_options(args) -> dict:
     options = {"threads": args.threads}
     if args.backend == "onnxruntime":
         options["provider"] = args.provider
-    elif args.provider != "cpu":
-        raise TransPruneError(f"--provider applies to the onnxruntime backend only, not {args.backend}")
+        if args.int4_accuracy_level is not None:
+            options["int4_accuracy_level"] = args.int4_accuracy_level
+    elif args.provider != "cpu" or args.int4_accuracy_level is not None:
+        flag = "--provider" if args.provider != "cpu" else "--int4-accuracy-level"
+        raise TransPruneError(f"{flag} applies to the onnxruntime backend only, not {args.backend}")
     if args.checkpoint is not None:
         if args.backend != "torch":
             raise TransPruneError("--checkpoint applies to the torch backend only")

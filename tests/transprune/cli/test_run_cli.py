@@ -120,3 +120,20 @@ def test_a_tampered_build_is_refused(paper_build, image_file, tmp_path, capsys):
     (copy / "segment_1.onnx").unlink()
     assert "segment_1.onnx is listed in the manifest but missing" in _error(
         capsys, [str(copy), "--image", str(image_file), "--prompt", "Hi", "--no-verify"])
+
+
+def test_an_int4_build_in_float_math_answers_as_validation_checked(int4_build, image_file, capsys):
+    """--int4-accuracy-level 0 runs the int4 weights in float: exactly the tokens validation matched
+    against the reference holding the same int4 weights."""
+    build_dir, manifest = int4_build
+    chain = manifest["validation"]["chain"]
+    result = _json(capsys, [str(build_dir), "--image", str(image_file), "--prompt", chain["prompt"],
+                            "--max-new-tokens", str(len(chain["tokens"])), "--int4-accuracy-level", "0", "--json"])
+    assert result["tokens"] == chain["tokens"]
+    # onnxruntime's default (int8 activations) still generates
+    default = _json(capsys, [str(build_dir), "--image", str(image_file), "--prompt", chain["prompt"],
+                             "--max-new-tokens", "4", "--json"])
+    assert 1 <= len(default["tokens"]) <= 4
+    assert "--int4-accuracy-level applies to the onnxruntime backend only" in _error(
+        capsys, [str(build_dir), "--image", str(image_file), "--prompt", "Hi", "--backend", "torch",
+                 "--int4-accuracy-level", "0"])
