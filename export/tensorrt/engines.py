@@ -63,14 +63,16 @@ def build_engines(plan: dict, build: Build, engine_dir: Path, *, timing_cache: P
         graph, profiles = engine["graph"], profiles_from_plan(engine)
         log(f"[{number}/{len(plan['engines'])}] {graph}: building {precision} engine with {platform.product} "
             f"({len(profiles)} profile{'s' if len(profiles) > 1 else ''})")
-        parsed = parse_graph(trt, resolve_inside(build.directory, engine["onnx"]), logger=logger)
+        parsed = parse_graph(trt, resolve_inside(build.directory, engine["onnx"]), logger=logger,
+                             strongly_typed=bool(plan.get("strongly_typed")))
         if not parsed.ok:
             raise TransPruneError(f"{graph}: the {parsed.checker} rejected {len(parsed.rejected)} node(s): "
                                   + "; ".join(r.describe() for r in parsed.rejected))
         check_inputs(parsed, graph=graph, manifest_inputs=manifest_graphs[graph]["inputs"],
                      shape_tensors={spec.name for spec in profiles[0].inputs if spec.value})
         config = configure(parsed, precision=precision, workspace_bytes=target["workspace_mib"] << 20,
-                           compute_capabilities=capabilities, timing_cache=cache)
+                           compute_capabilities=capabilities, timing_cache=cache,
+                           strongly_typed=bool(plan.get("strongly_typed")))
         add_profiles(parsed, config, profiles)
         path = resolve_inside(engine_dir, engine["engine"])
         size = build_to_file(parsed, config, graph=graph, path=path)

@@ -7,9 +7,12 @@ with ``load_external_data=False``, so multi-GB weights are never read.
 
 Checks, in order (each issue names the node, its op type and the rule):
 
-1. model: the default-domain opset must lie in the matrix's range (9..20); nodes of any other
+1. model: the default-domain opset must lie in the matrix's range (9..20), or be 21 in a graph that
+   holds blocked INT4 DequantizeLinear weights (weight-only int4: ONNX defines INT4 and
+   ``block_size`` from opset 21; a note says why it was accepted); nodes of any other
    domain (``com.microsoft``, ``pkg.onnxscript.torch_lib``, ``ai.onnx.ml``...) are errors, since
-   TensorRT parses standard ops only, without plugins. Local functions (dynamo/onnxscript output)
+   TensorRT parses standard ops only, without plugins (``com.microsoft`` ``MatMulNBits`` says it
+   is onnxruntime's own and that TensorRT builds need the QDQ form). Local functions (dynamo/onnxscript output)
    are inlined first (``onnx.inliner``) and the inlined graph is linted. IR version > 10 is a
    warning (newer than TensorRT 10.x's parser knows).
 2. operators: every node (subgraphs of If/Loop/Scan included) must be in the matrix and marked Y.
@@ -35,7 +38,11 @@ Checks, in order (each issue names the node, its op type and the rule):
    ONNX schema input names, must be initializers or Constant-node outputs; Constant's sparse/string
    values, LayerNormalization's Mean/InvStdDev in use, MaxPool's Indices, ScatterND's
    ``reduction``, pooling ``dilations`` other than ones, unsupported Resize modes and non-zero
-   Q/DQ zero points are errors. Tensor rules: DOUBLE anywhere is a warning; UINT8 anywhere but a
+   Q/DQ zero points are errors. Weight-only INT4 (a DequantizeLinear of an INT4 input): x must be a
+   2-D INT4 initializer [K, N], ``axis`` 0 with a ``block_size`` dividing K, the scale an
+   initializer of shape [K / block_size, N] with positive values (where it is in the file, not in
+   external data); an output that feeds anything but a MatMul's weight (input 1) is a warning.
+   Tensor rules: DOUBLE anywhere is a warning; UINT8 anywhere but a
    graph input/output is an error; INT8/FP8/INT4 outside Q/DQ (produced other than by
    QuantizeLinear/initializer/Constant/graph input, or consumed by anything but Q/DQ) is an error.
 

@@ -31,6 +31,11 @@ ERROR = "error"
 WARNING = "warning"
 
 MAX_IR_VERSION = 10  # the newest ONNX IR TensorRT 10.x's parser (onnx 1.16 era) reads
+# The one opset above the matrix's range the lint accepts, and only for a graph holding weight-only
+# INT4 (a blocked INT4 DequantizeLinear): ONNX defines the INT4 type and DequantizeLinear's
+# block_size from opset 21 on, and that is the form TensorRT 10 takes weight-only INT4 in
+# (docs/DESIGN.md §4; the tiny and 7B int4 graphs parse and build with TensorRT-RTX).
+INT4_DEQUANTIZE_OPSET = 21
 TOPK_K_LIMIT = 3840  # TopK: "K input must be less than 3840"
 QUANTIZED_TYPES = frozenset({"INT8", "FP8", "INT4"})
 
@@ -185,11 +190,20 @@ class Linter(LintGraph):
         lo, hi = self.matrix.opset_range
         if self.opset is None:
             self.error("", "", "the model imports no default-domain ('ai.onnx') opset")
+        elif self.opset == INT4_DEQUANTIZE_OPSET and (int4 := self.blocked_int4_dequantizers()):
+            self.notes.append(
+                f"default-domain opset {self.opset} accepted although the matrix lists {lo}..{hi}: the graph holds "
+                f"{len(int4)} blocked INT4 DequantizeLinear (weight-only int4), and ONNX defines INT4 and "
+                f"DequantizeLinear's block_size from opset {INT4_DEQUANTIZE_OPSET} on; TensorRT 10 takes weight-only "
+                "INT4 in this form (docs/DESIGN.md §4)")
         elif not lo <= self.opset <= hi:
+            int4_hint = (f" (opset {INT4_DEQUANTIZE_OPSET} is accepted only for a graph holding blocked INT4 "
+                         "DequantizeLinear weights, and this one holds none)"
+                         if self.opset == INT4_DEQUANTIZE_OPSET else "")
             self.error(
                 "", "",
                 f"default-domain opset {self.opset} is outside the range TensorRT's ONNX parser accepts "
-                f"({lo}..{hi}); export with opset_version in {max(lo, 18)}..{hi}",
+                f"({lo}..{hi}); export with opset_version in {max(lo, 18)}..{hi}{int4_hint}",
             )
         ir = self.report.ir_version
         if ir > MAX_IR_VERSION:
@@ -200,6 +214,12 @@ class Linter(LintGraph):
     def check_node(self, node: onnx.NodeProto, label: str) -> None:
         op = node.op_type
         if node.domain not in DEFAULT_DOMAINS:
+            if node.domain == "com.microsoft" and op == "MatMulNBits":
+                self.error(label, op, "com.microsoft MatMulNBits is onnxruntime's own 4-bit MatMul (a contrib op "
+                                      "only onnxruntime runs): TensorRT's parser cannot import it. TensorRT builds "
+                                      "need the QDQ form, DequantizeLinear(INT4 weight, scale, axis=0, block_size) "
+                                      "-> MatMul (transprune-export --weights int4 writes it)")
+                return
             self.error(label, op, f"domain {node.domain!r} is not standard ONNX: TensorRT's parser takes only "
                                   "default-domain ops (no plugins)")
             return
@@ -339,6 +359,82 @@ class Linter(LintGraph):
 
     def check_DequantizeLinear(self, node: onnx.NodeProto, label: str) -> None:
         self._check_zero_point(node, label, "x_zero_point")
+        if self.types.get(node.input[0]) == TensorProto.INT4:
+            self._check_weight_only_int4(node, label)
+
+    def blocked_int4_dequantizers(self) -> list[onnx.NodeProto]:
+        """Every DequantizeLinear of the graph whose input is INT4 and which has a ``block_size``."""
+        return [node for node, _, _ in self.nodes
+                if node.op_type == "DequantizeLinear" and node.domain in DEFAULT_DOMAINS and node.input
+                and self.types.get(node.input[0]) == TensorProto.INT4 and attr_value(node, "block_size") is not None]
+
+    def _check_weight_only_int4(self, node: onnx.NodeProto, label: str) -> None:
+        """What TensorRT requires of a weight-only INT4 (blocked) DequantizeLinear: INT4 is a weight
+        type only, so x is a constant INT4 [K, N] weight, blocked along its input channels (axis 0,
+        ``block_size`` dividing K), with constant, strictly positive scales [K / block_size, N]
+        (IDequantizeLayer: "All scale coefficients must have strictly positive values"), zero
+        points zero (checked above), and the output is the weight (input 1) of a MatMul."""
+        op, x = "DequantizeLinear", node.input[0]
+        weight = self.initializers.get(x)
+        if weight is None:
+            origin = "a Constant node's output" if x in self.constant_nodes else (
+                f"the output of {self.producers[x][0].op_type}" if x in self.producers else "a graph input")
+            self.error(label, op, f"x ({x!r}) is {origin}: TensorRT takes INT4 only as weight-only quantization, "
+                                  "so x must be an INT4 initializer")
+            return
+        dims = tuple(weight.dims)
+        block = attr_value(node, "block_size")
+        axis = attr_value(node, "axis", 1)
+        if len(dims) != 2:
+            self.error(label, op, f"x ({x!r}) has shape {list(dims)}: weight-only INT4 needs a 2-D [K, N] MatMul "
+                                  "weight")
+        elif axis not in (0, -2):
+            self.error(label, op, f"axis={axis}: weight-only INT4 is blocked along the input channels of the [K, N] "
+                                  "weight, axis 0 (ONNX's default is 1)")
+        if block is None:
+            self.error(label, op, "no block_size: TensorRT takes INT4 weights block-quantized (one scale per "
+                                  "block of input channels), so block_size must be set")
+        elif len(dims) == 2 and (block <= 0 or dims[0] % block):
+            self.error(label, op, f"block_size={block} does not divide the weight's {dims[0]} input channels")
+        self._check_int4_scale(node, label, dims, block)
+        uses = [(consumer, [i for i, name in enumerate(consumer.input) if name == node.output[0]])
+                for consumer in self.consumers.get(node.output[0], [])]
+        others = sorted({f"{c.op_type} input {i}" for c, slots in uses for i in slots
+                         if not (c.op_type == "MatMul" and i == 1)})
+        if node.output[0] in self.graph_io:
+            others.append("a graph output")
+        if others or not uses:
+            where = ", ".join(others) if others else "nothing"
+            self.warning(label, op, f"its output feeds {where}: TensorRT's weight-only INT4 kernels take the "
+                                    "dequantized weight as a MatMul's weight (input 1); elsewhere it may be "
+                                    "dequantized to a float constant or not built")
+
+    def _check_int4_scale(self, node: onnx.NodeProto, label: str, dims: tuple, block) -> None:
+        op = "DequantizeLinear"
+        if len(node.input) < 2 or not node.input[1]:
+            self.error(label, op, "no x_scale")
+            return
+        name = node.input[1]
+        if not self.is_constant(name):
+            source = self.producers.get(name)
+            origin = f"the output of {source[0].op_type} {source[1]!r}" if source else "a graph input"
+            self.error(label, op, f"x_scale ({name!r}) is {origin}: TensorRT needs weight-only INT4 scales to be "
+                                  "an initializer")
+            return
+        scale = self.initializers.get(name)
+        if scale is not None and len(dims) == 2 and isinstance(block, int) and block > 0:
+            expected = (dims[0] // block, dims[1])
+            if tuple(scale.dims) != expected:
+                self.error(label, op, f"x_scale ({name!r}) has shape {list(scale.dims)}, not {list(expected)}: "
+                                      "one scale per block of input channels and output channel")
+        value = self.constant_value(name)  # never read from external data
+        if value is None or value is UNREADABLE:
+            return
+        values = np.asarray(value, dtype=np.float64)
+        if values.size and not (np.all(np.isfinite(values)) and np.all(values > 0)):
+            bad = int(np.count_nonzero(~(np.isfinite(values) & (values > 0))))
+            self.error(label, op, f"x_scale ({name!r}) has {bad} of {values.size} values that are not positive "
+                                  "and finite: TensorRT's dequantization needs strictly positive scales")
 
     def _check_zero_point(self, node: onnx.NodeProto, label: str, what: str) -> None:
         if len(node.input) < 3 or not node.input[2]:

@@ -9,6 +9,8 @@ everything here takes the imported module as ``trt`` and differs only where the 
   (``FP16``/``BF16``/``FP8``: the network's fp32 layers may then run in 16 bits);
 - TensorRT-RTX builds without a GPU, for the compute capabilities it is given, and its networks
   are strongly typed: precision follows the ONNX graph's types and there are no precision flags.
+  A TensorRT network is made strongly typed too where the plan says so (int4 weights:
+  ``plan.precision_flags`` says why), and then gets no precision flags either.
 
 Nothing here imports onnx at module level: ``transprune-build`` runs on a Jetson with JetPack's
 python3, where only the runtime's dependencies are installed. ``rejected_nodes`` uses onnx, when
@@ -109,12 +111,16 @@ def make_logger(trt, *, log=None, warnings: bool = False):
     return Logger()
 
 
-def parse_graph(trt, path: Path, *, logger=None) -> ParsedGraph:
-    """Parses the ONNX file at ``path`` (external weights beside it) with ``trt``'s parser."""
+def parse_graph(trt, path: Path, *, logger=None, strongly_typed: bool = False) -> ParsedGraph:
+    """Parses the ONNX file at ``path`` (external weights beside it) with ``trt``'s parser, into a
+    strongly typed network with ``strongly_typed`` (TensorRT-RTX's always are)."""
     logger = logger or make_logger(trt)
     builder = trt.Builder(logger)
     # TensorRT 10's networks are explicit-batch by default; TensorRT-RTX's are strongly typed
-    network = builder.create_network(0)
+    flags = 0
+    if strongly_typed and trt.__name__ != "tensorrt_rtx":
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     parsed = ParsedGraph(trt, builder, network, parser, trt.__name__, trt.__version__, logger=logger)
     if not parser.parse_from_file(str(path)) or parser.num_errors:
@@ -194,10 +200,11 @@ def add_profiles(parsed: ParsedGraph, config, profiles: list[Profile]) -> None:
 
 
 def configure(parsed: ParsedGraph, *, precision: str, workspace_bytes: int,
-              compute_capabilities: list[tuple[int, int]] | None = None, timing_cache: bytes | None = None):
-    """A builder config: workspace limit, then precision flags and the timing cache (TensorRT:
-    ``timing_cache`` bytes, or a new one), or the target GPUs (TensorRT-RTX, which times nothing
-    ahead of time)."""
+              compute_capabilities: list[tuple[int, int]] | None = None, timing_cache: bytes | None = None,
+              strongly_typed: bool = False):
+    """A builder config: workspace limit, then precision flags (none for a ``strongly_typed``
+    network, whose types are the graph's) and the timing cache (TensorRT: ``timing_cache`` bytes,
+    or a new one), or the target GPUs (TensorRT-RTX, which times nothing ahead of time)."""
     trt = parsed.trt
     config = parsed.builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
@@ -213,7 +220,8 @@ def configure(parsed: ParsedGraph, *, precision: str, workspace_bytes: int,
             for index, cc in enumerate(capabilities):
                 config.set_compute_capability(getattr(trt.ComputeCapability, _SM[cc]), index)
     else:
-        flags = {"fp16": ["FP16"], "bf16": ["BF16"], "fp8": ["FP16", "FP8"], "fp32": []}[precision]
+        flags = [] if strongly_typed else {"fp16": ["FP16"], "bf16": ["BF16"], "fp8": ["FP16", "FP8"],
+                                           "fp32": []}[precision]
         for flag in flags:
             config.set_flag(getattr(trt.BuilderFlag, flag))
         cache = config.create_timing_cache(timing_cache or b"")

@@ -25,7 +25,7 @@ from transprune.files import write_atomic
 from transprune.runtime.build import Build
 from transprune.runtime.tensorrt.engines import PLAN_FILE
 
-from .memory import estimate_memory, weight_bytes_at
+from .memory import engine_weight_bytes, estimate_memory
 from .profiles import InputProfile, Profile, ShapeLimits, build_profiles, kv_cache_bytes
 from .targets import Target
 
@@ -46,9 +46,11 @@ def make_plan(build: Build, *, target: Target, precision: str, limits: ShapeLimi
         raise TransPruneError(f"graphs {rejected} were rejected by a TensorRT parser at export (see the manifest's "
                               f"trt_parse entries); `transprune-export --check-trt {build.directory}` lists the nodes")
     profiles = build_profiles(build, limits, merge=target.module == "tensorrt_rtx")
+    weights_section = build_weights(build.manifest)
     weights = sum(int(g.get("bytes", 0)) for g in build.manifest["graphs"])
-    memory = estimate_memory(target=target, weights=weight_bytes_at(weights, build.manifest["dtype"], precision),
-                             kv_cache=kv_cache_bytes(build, limits))
+    weights = engine_weight_bytes(weights, export_dtype=build.manifest["dtype"], precision=precision,
+                                  weights_format=weights_section["format"])
+    memory = estimate_memory(target=target, weights=weights, kv_cache=kv_cache_bytes(build, limits))
     warnings = []
     if precision == "fp8":
         warnings.append("the graphs carry no FP8 Q/DQ nodes, so TensorRT quantizes nothing to fp8 and runs "
@@ -70,11 +72,20 @@ def make_plan(build: Build, *, target: Target, precision: str, limits: ShapeLimi
         "build_dir": _relative_build_dir(build.directory, engine_dir),
         "model": build.manifest["model"]["id"],
         "export_dtype": build.manifest["dtype"],
+        "weights": weights_section,
+        # TensorRT-RTX networks always are; TensorRT's are for int4 weights (trtexec --stronglyTyped)
+        "strongly_typed": target.module == "tensorrt_rtx" or weights_section["format"] == "int4",
         "memory": memory.to_dict(),
         "warnings": warnings,
         "timing_cache": TIMING_CACHE_FILE,
         "engines": engines,
     }
+
+
+def build_weights(manifest: dict) -> dict:
+    """How the build stores its weights (the manifest's ``weights`` section; builds that predate it
+    store floats in their dtype)."""
+    return dict(manifest.get("weights") or {"format": "float", "dtype": manifest["dtype"]})
 
 
 def _relative_build_dir(build_dir: Path, engine_dir: Path) -> str:
@@ -93,11 +104,28 @@ def _shapes_arg(profile: dict, which: str) -> str:
     return ",".join(f"{name}:{_shape(spec[which])}" for name, spec in profile["inputs"].items())
 
 
+def precision_flags(plan: dict) -> list[str]:
+    """trtexec's precision flags for the plan.
+
+    A strongly typed plan (int4 weights) gets ``--stronglyTyped`` and no precision flag: the engines
+    compute in the graph's own types (fp16 activations for an fp16 export), and trtexec refuses
+    precision flags beside it ("Use of specific builder precision flags such as --int8 or --best
+    with this option is not allowed": NVIDIA/TensorRT samples/trtexec/README.md, "Create a strongly
+    typed plan file"). Strong typing is how NVIDIA's tools build weight-only INT4 Q/DQ graphs
+    (Model Optimizer's ONNX PTQ builds its int4 output with trtexec --stronglyTyped,
+    NVIDIA/Model-Optimizer#80; TensorRT-RTX, strongly typed only, builds these graphs here), while
+    trtexec's ``--int4`` exists only from TensorRT 10.6 (JetPack 6 ships 10.3) and on its own left
+    a weakly typed engine in FP32 (NVIDIA/TensorRT#4262).
+    """
+    if plan.get("strongly_typed"):
+        return ["--stronglyTyped"]
+    return {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"], "fp8": ["--fp16", "--fp8"]}[plan["precision"]]
+
+
 def trtexec_command(engine: dict, plan: dict, *, build_dir: str = "$BUILD_DIR") -> list[str]:
     """One engine's trtexec argv; profiles in plan order (trtexec numbers them as given)."""
-    precision_flags = {"fp32": [], "fp16": ["--fp16"], "bf16": ["--bf16"], "fp8": ["--fp16", "--fp8"]}[plan["precision"]]
     argv = ["$TRTEXEC", f"--onnx={build_dir}/{engine['onnx']}", f"--saveEngine={engine['engine']}",
-            *precision_flags]  # names from the build are quoted by _quote (and checked at load: SAFE_NAME)
+            *precision_flags(plan)]  # names from the build are quoted by _quote (and checked at load: SAFE_NAME)
     for profile in engine["profiles"]:
         for which, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
             argv.append(f"{flag}={_shapes_arg(profile, which)}")
@@ -142,10 +170,15 @@ def rtx_script(plan: dict) -> str:
 def trtexec_script(plan: dict) -> str:
     """A bash script that builds every engine with trtexec, then records the engine metadata."""
     target = plan["target"]
+    typing = []
+    if plan.get("strongly_typed"):
+        typing = ["# int4 weights: built strongly typed (--stronglyTyped), so the engines compute in the export's",
+                  f"# own types ({plan['precision']}) and keep the int4 weights packed."]
     lines = [
         "#!/usr/bin/env bash",
         f"# Builds the TensorRT engines of a transprune build for {target['name']} ({target['gpu']}),",
         f"# {plan['precision']}, on the device itself: engines are tied to its TensorRT version and GPU.",
+        *typing,
         "# Generated by transprune-build from plan.json; profile 0 of every engine is prefill, profile 1",
         "# (where there is one) is decode. The scorers' `keep` is a shape-tensor value (TopK's K).",
         "set -euo pipefail",

@@ -12,7 +12,10 @@ target, for its one GPU architecture) and ``tensorrt_rtx`` (TensorRT-RTX: deskto
 workstation RTX GPUs; engines are built ahead of time on any machine, no GPU needed, for a list
 of compute capabilities, and specialised on the device by a JIT step). TensorRT-RTX networks are
 strongly typed: an engine computes in the ONNX graph's own types, so its "precision" is the
-export's dtype and nothing else (``resolve_precision``).
+export's dtype and nothing else (``resolve_precision``). A build with int4 weights
+(``--weights int4``) is built strongly typed on TensorRT too (``trtexec --stronglyTyped``, the
+form NVIDIA's tools build weight-only INT4 Q/DQ graphs in; ``plan.trtexec_command``), so its
+precision is likewise the export's dtype, which the target must be able to run.
 """
 
 from __future__ import annotations
@@ -87,10 +90,21 @@ def get_target(name: str) -> Target:
         raise TransPruneError(f"unknown target {name!r}; use one of {', '.join(TARGETS)}") from None
 
 
-def resolve_precision(target: Target, precision: str | None, *, export_dtype: str) -> str:
+def resolve_precision(target: Target, precision: str | None, *, export_dtype: str, int4: bool = False) -> str:
     """The engines' precision: ``precision`` checked against the target, or its default (fp16 for
     TensorRT; the export's dtype for TensorRT-RTX, whose strongly typed networks compute in the
-    graph's own types, so any other request is refused with the re-export that gives it)."""
+    graph's own types, so any other request is refused with the re-export that gives it). A build
+    with ``int4`` weights is built strongly typed on TensorRT as well: its precision is the export's
+    dtype, refused (with the re-export that works) where the target cannot run it."""
+    if int4 and target.module == "tensorrt":
+        why = (f"this build has int4 weights, which TensorRT takes only in a strongly typed network: engines "
+               f"compute in the export's own types ({export_dtype} here)")
+        if export_dtype not in target.precisions:
+            raise TransPruneError(f"{why}, and {target.name} builds {' or '.join(target.precisions)} engines; "
+                                  f"re-export with --dtype fp16 --weights int4")
+        if precision not in (None, export_dtype):
+            raise TransPruneError(f"{why}, so --precision {precision} cannot apply; drop --precision")
+        return export_dtype
     if target.module == "tensorrt_rtx":
         if precision not in (None, export_dtype):
             raise TransPruneError(

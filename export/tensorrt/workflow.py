@@ -19,7 +19,7 @@ from transprune.runtime.build import Build
 from transprune.runtime.tensorrt.engines import PLAN_FILE, metadata_path
 
 from .engines import build_engines, compare_engines
-from .plan import SCRIPT_FILE, make_plan, write_plan
+from .plan import SCRIPT_FILE, build_weights, make_plan, write_plan
 from .profiles import shape_limits
 from .targets import Target, get_target, resolve_precision
 
@@ -58,21 +58,15 @@ def plan_build(*, build_dir: Path, target: str, precision: str | None = None, ma
     ``precision`` defaults to fp16 for TensorRT targets and is the export's dtype for TensorRT-RTX."""
     spec = resolve_target(name=target, memory_gib=memory_gib)
     build = Build.open(Path(build_dir), verify=verify)
-    precision = resolve_precision(spec, precision, export_dtype=build.manifest["dtype"])
+    int4 = build_weights(build.manifest)["format"] == "int4"
+    precision = resolve_precision(spec, precision, export_dtype=build.manifest["dtype"], int4=int4)
     limits = shape_limits(build, max_batch=max_batch, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens)
     engine_dir = Path(out) if out is not None else build.directory / f"trt-{spec.name}"
     check_engine_dir(engine_dir, build)
     plan = make_plan(build, target=spec, precision=precision, limits=limits, engine_dir=engine_dir)
     if timing_cache is not None:
         check_timing_cache(timing_cache, build=build, engine_dir=engine_dir, plan=plan)
-    memory = plan["memory"]
-    if not memory["fits"]:
-        raise TransPruneError(
-            f"{build.manifest['model']['id']} at {precision} needs about {memory['total_gib']:.2f} GiB on "
-            f"{spec.name} (weights {memory['weights_gib']:.2f}, KV cache {memory['kv_cache_gib']:.2f}, activations "
-            f"{memory['activations_gib']:.2f}, runtime {memory['overhead_gib']:.2f}), more than its "
-            f"{memory['budget_gib']:.2f} GiB budget; lower --max-batch/--max-text-tokens/--max-new-tokens, pick a "
-            f"target with more memory, or use a model with 4-bit weights. Nothing was written")
+    check_fits(plan)
     created = []
     try:
         create_parents(engine_dir / PLAN_FILE, created)
@@ -81,6 +75,30 @@ def plan_build(*, build_dir: Path, target: str, precision: str | None = None, ma
         remove_created(created)
         raise
     return PlannedBuild(build, plan, engine_dir, plan_path, script_path)
+
+
+def check_fits(plan: dict) -> None:
+    """Refuses a plan whose memory estimate exceeds its target's budget, with the numbers: what it
+    needs, part by part, and by how much it is over."""
+    memory = plan["memory"]
+    if memory["fits"]:
+        return
+    int4 = (plan.get("weights") or {}).get("format") == "int4"
+    weights = "int4 weights" if int4 else f"{plan['export_dtype']} weights"
+    smaller = ("quantize more of the model (--int4-parts)" if int4
+               else "re-export with 4-bit weights (--dtype fp16 --weights int4)")
+    fixed = memory["weights_gib"] + memory["activations_gib"] + memory["overhead_gib"]
+    if fixed > memory["budget_gib"]:  # no KV cache is small enough
+        remedy = (f"its weights, workspace and runtime alone take {fixed:.2f} GiB, so no shorter prompt or answer "
+                  f"fits: pick a target with more memory, or {smaller}")
+    else:
+        remedy = f"lower --max-batch/--max-text-tokens/--max-new-tokens, pick a target with more memory, or {smaller}"
+    raise TransPruneError(
+        f"{plan['model']} at {plan['precision']} with {weights} needs about {memory['total_gib']:.2f} GiB on "
+        f"{plan['target']['name']} (weights {memory['weights_gib']:.2f}, KV cache {memory['kv_cache_gib']:.2f}, "
+        f"activations {memory['activations_gib']:.2f}, runtime {memory['overhead_gib']:.2f}), "
+        f"{memory['total_gib'] - memory['budget_gib']:.2f} GiB more than its {memory['budget_gib']:.2f} GiB budget; "
+        f"{remedy}. Nothing was written")
 
 
 def build_and_compare(*, planned: PlannedBuild, timing_cache: Path | None = None, compare: bool = False,

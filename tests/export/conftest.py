@@ -8,9 +8,10 @@ import pytest
 
 @pytest.fixture
 def spec_build(tmp_path):
-    """spec_build(preset name, schedule, dtype=, max_text_tokens=) -> a runtime ``Build`` whose
-    manifest lists every graph with its real names, axes and attributes; graph byte counts are the
-    preset's parameters (so memory estimates are those of the real model); no ONNX files."""
+    """spec_build(preset name, schedule, dtype=, max_text_tokens=, weights=) -> a runtime ``Build``
+    whose manifest lists every graph with its real names, axes and attributes; graph byte counts are
+    the preset's parameters (so memory estimates are those of the real model; ``weights="int4"``:
+    as ``--weights int4`` stores them); no ONNX files."""
     from transprune.export.exporter import _concrete_dtypes, _limits
     from transprune.export.kinds import graph_specs
     from transprune.family import ModelFacts
@@ -19,7 +20,7 @@ def spec_build(tmp_path):
     from transprune.runtime.build import Build
     from transprune.runtime.manifest import SCHEMA_VERSION
 
-    def make(name: str, schedule, *, dtype: str = "fp16", max_text_tokens: int = 1024):
+    def make(name: str, schedule, *, dtype: str = "fp16", max_text_tokens: int = 1024, weights: str = "float"):
         preset = model_preset(name)
         text = preset.text
         anyres = preset.family.anyres
@@ -38,6 +39,13 @@ def spec_build(tmp_path):
                          trt_lint={"ok": True, "errors": [], "warnings": []})
             graphs.append(entry)
         graphs[0]["bytes"] = preset_parameters(preset) * width  # all weights on one graph: only the sum is read
+        weights_section = None
+        if weights == "int4":  # --weights int4 with its defaults: decoder and lm_head in blocks of 128
+            from transprune.export.int4 import Int4Weights
+            from transprune.export.tensorrt.memory import int4_weight_bytes
+
+            weights_section = Int4Weights().to_dict()
+            graphs[0]["bytes"] = int4_weight_bytes(preset, float_bytes=width)
         image_tokens, image_preprocess = {"min": tile_tokens, "max": tile_tokens}, None
         if anyres:  # LLaVA-NeXT's processor: 336 px tiles on its grid pinpoints, CLIP's normalisation
             from transprune.runtime.anyres import AnyresPreprocess, image_feature_count
@@ -52,8 +60,36 @@ def spec_build(tmp_path):
                     "schedule": schedule.to_dict(), "graphs": graphs, "image_preprocess": image_preprocess,
                     "limits": _limits(max_text_tokens, image_tokens=image_tokens,
                                       max_positions=text.max_position_embeddings)}
+        if weights_section is not None:
+            manifest["weights"] = weights_section
         directory = tmp_path / f"{name}-{schedule.name}"
         directory.mkdir(exist_ok=True)
         return Build.from_manifest(directory, manifest)
 
     return make
+
+
+# tiny's hidden size is 64, so its int4 builds use blocks of 32 (the default 128 does not divide it)
+TINY_INT4_BLOCK = 32
+
+
+@pytest.fixture(scope="session")
+def int4_tiny_build(tmp_path_factory, tiny_checkpoint):
+    """``int4_tiny_build(dtype)`` -> (build directory, manifest) of tiny, paper schedule, exported with
+    ``--weights int4`` (blocks of ``TINY_INT4_BLOCK``) and not validated: for the TensorRT side,
+    which cares about the graphs it is given. One export per dtype per session."""
+    import json
+
+    from transprune.export.exporter import export_model
+    from transprune.schedule import preset
+
+    root = tmp_path_factory.mktemp("int4")
+
+    def build(dtype: str = "fp16"):
+        out = root / f"tiny-paper-int4-{dtype}"
+        if not out.exists():
+            export_model(model=str(tiny_checkpoint), out=out, schedule=preset("paper"), dtype=dtype,
+                         weight_format="int4", block_size=TINY_INT4_BLOCK, validate=False)
+        return out, json.loads((out / "manifest.json").read_text())
+
+    return build

@@ -17,7 +17,7 @@ def test_llava_7b_table_refuses_the_8gb_nano_and_pruning_shrinks_the_cache(tmp_p
     done = subprocess.run([sys.executable, str(SCRIPT), "--text-tokens", "128", "--new-tokens", "512",
                            "--out", str(out)], capture_output=True, text=True, check=True)
     assert "weights 13.16 GiB at 16 bits" in done.stdout
-    rows = {(r["target"], r["precision"]): r for r in json.loads(out.read_text())["rows"]}
+    rows = {(r["target"], r["precision"]): r for r in json.loads(out.read_text())["rows"] if r["weights"] == "16-bit"}
     assert not rows[("jetson-orin-nano", "fp16")]["paper"]["fits"]
     assert rows[("jetson-agx-orin", "fp16")]["paper"]["fits"]
     assert ("jetson-agx-orin", "bf16") not in rows and ("datacenter-hopper", "fp8") in rows
@@ -28,7 +28,33 @@ def test_llava_7b_table_refuses_the_8gb_nano_and_pruning_shrinks_the_cache(tmp_p
     paper_positions = 7 * 576 + 2 * 504 + 3 * 360 + 20 * 72 + 32 * 640
     assert paper["kv_cache_gib"] == pytest.approx(paper_positions * per_position / 2**30, abs=1e-3)
     assert none["kv_cache_gib"] == pytest.approx(32 * (576 + 640) * per_position / 2**30, abs=1e-3)
-    assert "| jetson-orin-nano | 8 GB | fp16 |" in done.stdout and "no: 16-bit weights alone exceed it" in done.stdout
+    assert "| jetson-orin-nano | 8 GB | 16-bit | fp16 |" in done.stdout
+    assert "no: 16-bit weights alone exceed it" in done.stdout
+    assert "| jetson-thor | 128 GB | 16-bit | fp16/bf16/fp8 | 23.0 (0.86) |" in done.stdout  # equal rows share one
+
+
+def test_int4_rows_per_target(tmp_path):
+    """Each target also gets an int4 row (an fp16 export with --weights int4: decoder and lm_head in
+    blocks of 128): 4.02 GiB of weights, the same KV cache; the 8 GB Orin Nano still says no, because
+    its weights, 1 GiB workspace and 1 GiB runtime alone take 6.02 GiB of its 6.0 GiB budget."""
+    out = tmp_path / "memory.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--text-tokens", "128", "--new-tokens", "512",
+                           "--out", str(out)], capture_output=True, text=True, check=True)
+    assert "4.02 GiB with int4 weights (blocks of 128)" in done.stdout
+    data = json.loads(out.read_text())
+    rows = {(r["target"], r["weights"], r["precision"]): r for r in data["rows"]}
+    targets = [r["target"] for r in data["rows"] if r["weights"] == "int4"]
+    assert sorted(targets) == sorted({r["target"] for r in data["rows"]})  # one int4 row per target, fp16
+    assert all(r["precision"] == "fp16" for r in data["rows"] if r["weights"] == "int4")
+    nano, nano16 = rows[("jetson-orin-nano", "int4", "fp16")], rows[("jetson-orin-nano", "16-bit", "fp16")]
+    assert nano["paper"]["weights_gib"] == pytest.approx(4.022, abs=1e-3)
+    assert nano["paper"]["kv_cache_gib"] == nano16["paper"]["kv_cache_gib"]
+    assert not nano["paper"]["fits"] and nano["paper"]["headroom_gib"] == pytest.approx(-0.878, abs=1e-3)
+    assert rows[("jetson-orin-nx", "int4", "fp16")]["paper"]["fits"]
+    assert not rows[("jetson-orin-nx", "16-bit", "fp16")]["paper"]["fits"]
+    assert ("| jetson-orin-nano | 8 GB | int4 | fp16 | 6.9 (0.86) | 7.2 (1.19) | no: int4 weights, workspace and "
+            "runtime alone exceed it |") in done.stdout
+    assert "| jetson-orin-nx | 16 GB | int4 | fp16 | 7.9 (0.86) | 8.2 (1.19) | yes |" in done.stdout
 
 
 

@@ -50,11 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _summary(plan: dict, plan_path: Path, script_path: Path) -> str:
     limits, memory = plan["limits"], plan["memory"]
+    weights = plan.get("weights") or {}
+    int4 = (f" with int4 weights (blocks of {weights.get('block_size')}, strongly typed)"
+            if weights.get("format") == "int4" else "")
     lines = [f"plan: {len(plan['engines'])} engines for {plan['target']['name']} ({plan['target']['gpu']}), "
-             f"{plan['precision']}, batch <= {limits['max_batch']}, text <= {limits['max_text_tokens']} tokens, "
+             f"{plan['precision']}{int4}, batch <= {limits['max_batch']}, text <= {limits['max_text_tokens']} tokens, "
              f"answers <= {limits['max_new_tokens']} tokens",
              f"memory: about {memory['total_gib']:.2f} GiB of a {memory['budget_gib']:.2f} GiB budget "
-             f"(weights {memory['weights_gib']:.2f}, KV cache {memory['kv_cache_gib']:.2f})",
+             f"(weights {memory['weights_gib']:.2f}, KV cache {memory['kv_cache_gib']:.2f}, activations "
+             f"{memory['activations_gib']:.2f}, runtime {memory['overhead_gib']:.2f}): fits with "
+             f"{memory['budget_gib'] - memory['total_gib']:.2f} GiB to spare",
              f"wrote {plan_path} and {script_path}"]
     lines += [f"warning: {w}" for w in plan["warnings"]]
     return "\n".join(lines)

@@ -115,3 +115,86 @@ def test_rtx_precision_is_the_exports_dtype(paper_build, tmp_path):
         from transprune.export.tensorrt.workflow import build_and_compare
 
         build_and_compare(planned=plan_build(build_dir=paper_build[0], target="rtx", out=tmp_path / "y"), compare=True)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_tensorrt_rtx_parses_and_builds_the_int4_graphs(dtype, int4_tiny_build, paper_build, tmp_path,
+                                                        tensorrt_rtx):
+    """tiny exported with --weights int4: every graph passes the lint (opset 21 accepted for its
+    blocked INT4 weights), TensorRT-RTX parses each int4 MatMul weight as an INT4 constant feeding a
+    Dequantize layer, and builds every engine; the weights stay packed (the head engine is smaller
+    than the float build's by about what 4-bit lm_head values save)."""
+    trt = tensorrt_rtx
+    build_dir, manifest = int4_tiny_build(dtype)
+    assert all(g["trt_lint"]["ok"] for g in manifest["graphs"]), [(g["name"], g["trt_lint"])
+                                                                  for g in manifest["graphs"]]
+    planned = plan_build(build_dir=build_dir, target="rtx", out=tmp_path / "trt-rtx")
+    build, plan = planned.build, planned.plan
+    assert plan["precision"] == dtype and plan["strongly_typed"] and plan["weights"]["format"] == "int4"
+    for entry in manifest["graphs"]:
+        network = parse_graph(trt, build.directory / entry["file"]).network
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        int4_constants = {layer.get_output(0).name for layer in layers
+                          if layer.type == trt.LayerType.CONSTANT and layer.get_output(0).dtype == trt.DataType.INT4}
+        dequantized = [layer for layer in layers if layer.type == trt.LayerType.DEQUANTIZE
+                       and layer.get_input(0).name in int4_constants]
+        assert len(dequantized) == entry["int4_matmuls"], entry["name"]
+    assert sum(g["int4_matmuls"] for g in manifest["graphs"]) == 49 + 14 + 21 + 14 + 3 * 2 + 1  # 14 layers x 7, head
+    logged = []
+    written = build_engines(plan, build, planned.engine_dir, log=logged.append)
+    assert [p.name for p in written] == [f"{g}.engine" for g in build.graphs]
+    assert not [line for line in logged if "ERROR" in line or "cudaError" in line], logged
+    for path in written:
+        meta = json.loads(metadata_path(path).read_text())
+        assert meta["engine_sha256"] == sha256(path) and meta["precision"] == dtype and meta["memory"]["fits"]
+    if dtype == "fp32":  # against the float build's head engine (lm_head 1024 x 64, fp32: 256 KiB)
+        float_plan = plan_build(build_dir=paper_build[0], target="rtx", out=tmp_path / "float")
+        float_head = build_engines({**float_plan.plan, "engines": [e for e in float_plan.plan["engines"]
+                                                                   if e["graph"] == "head"]},
+                                   float_plan.build, float_plan.engine_dir, log=logged.append)[0]
+        saved = 1024 * 64 * 4 - (1024 * 64 // 2 + 1024 * 64 // 32 * 4)  # fp32 values - (int4 values + scales)
+        assert float_head.stat().st_size - (planned.engine_dir / "head.engine").stat().st_size > 0.8 * saved
+
+
+def test_tensorrt_api_builds_strongly_typed_networks_without_precision_flags(tmp_path):
+    """The builder-API path on a Jetson (TensorRT 10, not importable here: a stand-in module records
+    the calls): a strongly typed plan creates its networks with STRONGLY_TYPED and sets no precision
+    flag, as trtexec --stronglyTyped does; a float plan keeps FP16."""
+    from types import SimpleNamespace
+
+    from transprune.export.tensorrt.network import configure
+
+    calls = []
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            calls.append(("create_network", flags))
+            return SimpleNamespace(num_inputs=0)
+
+        def create_builder_config(self):
+            return SimpleNamespace(set_memory_pool_limit=lambda pool, size: None,
+                                   set_flag=lambda flag: calls.append(("set_flag", flag)),
+                                   create_timing_cache=lambda data: "cache",
+                                   set_timing_cache=lambda cache, ignore: None)
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse_from_file(self, path):
+            return True
+
+    trt = SimpleNamespace(__name__="tensorrt", __version__="10.3.0", Builder=Builder, OnnxParser=OnnxParser,
+                          NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=0),
+                          BuilderFlag=SimpleNamespace(FP16="FP16", BF16="BF16", FP8="FP8"),
+                          MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"))
+    for strongly_typed, network_flags, precision_flags in ((True, 1, []), (False, 0, ["FP16"])):
+        calls.clear()
+        parsed = parse_graph(trt, tmp_path / "g.onnx", logger=object(), strongly_typed=strongly_typed)
+        configure(parsed, precision="fp16", workspace_bytes=1 << 20, strongly_typed=strongly_typed)
+        assert calls == [("create_network", network_flags), *(("set_flag", f) for f in precision_flags)]

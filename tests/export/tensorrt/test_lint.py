@@ -388,6 +388,87 @@ def test_quantized_types_only_through_qdq():
     assert {i.node for i in errors(report)} == {"q", "dq"}
 
 
+def int4_model(*, opset=21, axis=0, block_size=4, weight_shape=(8, 4), scale=None, scale_shape=None,
+               zero_point=None, weight_input=False, scale_input=False, consumer="MatMul1"):
+    """x[B, 8] @ DequantizeLinear(w INT4 [8, 4], scale [2, 4], axis 0, block_size 4): the weight-only
+    int4 form ``transprune-export --weights int4`` writes; each keyword breaks one thing."""
+    k = weight_shape[0]
+    w = helper.make_tensor("w", TensorProto.INT4, list(weight_shape), [1] * int(np.prod(weight_shape)))
+    scale_shape = scale_shape or (k // (block_size or k), weight_shape[-1])
+    scale_values = np.full(scale_shape, 0.1, np.float32) if scale is None else np.asarray(scale, np.float32)
+    inits, inputs = [], [vi("x")]
+    if weight_input:
+        inputs.append(vi("w", TensorProto.INT4, list(weight_shape)))
+    else:
+        inits.append(w)
+    if scale_input:
+        inputs.append(vi("scale", FLOAT, list(scale_shape)))
+    else:
+        inits.append(numpy_helper.from_array(scale_values, "scale"))
+    dq_inputs = ["w", "scale"]
+    if zero_point is not None:
+        count = int(np.prod(scale_shape))
+        inits.append(helper.make_tensor("zp", TensorProto.INT4, list(scale_shape), [zero_point] * count))
+        dq_inputs.append("zp")
+    attrs = {"axis": axis} | ({"block_size": block_size} if block_size is not None else {})
+    nodes = [helper.make_node("DequantizeLinear", dq_inputs, ["wf"], name="dq", **attrs)]
+    if consumer == "MatMul1":
+        nodes.append(helper.make_node("MatMul", ["x", "wf"], ["y"], name="mm"))
+    else:  # the dequantized weight as MatMul's data input
+        nodes.append(helper.make_node("MatMul", ["wf", "x8"], ["y"], name="mm"))
+        inits.append(numpy_helper.from_array(np.ones((weight_shape[-1], 4), np.float32), "x8"))
+    return model(nodes, inputs, [vi("y", shape=None)], inits, opset=opset)
+
+
+def test_opset_21_is_accepted_only_for_blocked_int4_weights():
+    report = lint_model(int4_model())
+    assert report.ok, report.format()
+    assert report.issues == [] and report.opset == 21
+    (note,) = [n for n in report.notes if "opset 21 accepted" in n]
+    assert "1 blocked INT4 DequantizeLinear" in note and "block_size from opset 21" in note
+    # 22 is beyond what the int4 form needs; 21 without a blocked INT4 weight needs nothing of 21
+    assert [i.message for i in errors(lint_model(int4_model(opset=22)))][0].startswith("default-domain opset 22")
+    relu = model([helper.make_node("Relu", ["x"], ["y"])], [vi("x")], [vi("y")], opset=21)
+    (issue,) = errors(lint_model(relu))
+    assert "opset 21 is outside the range" in issue.message and "holds none" in issue.message
+    unblocked = errors(lint_model(int4_model(block_size=None)))
+    assert any("opset 21 is outside the range" in i.message for i in unblocked)
+
+
+@pytest.mark.parametrize("broken, expected", [
+    ({"weight_input": True}, "x ('w') is a graph input: TensorRT takes INT4 only as weight-only quantization"),
+    ({"zero_point": 3}, "x_zero_point must be zero"),
+    ({"scale_input": True}, "x_scale ('scale') is a graph input: TensorRT needs weight-only INT4 scales"),
+    ({"scale": [[0.1, -0.2, 0.1, 0.1], [0.1, 0.1, 0.0, 0.1]]}, "has 2 of 8 values that are not positive"),
+    ({"axis": 1}, "axis=1: weight-only INT4 is blocked along the input channels"),
+    ({"block_size": None}, "no block_size"),
+    ({"block_size": 3, "scale_shape": (2, 4)}, "block_size=3 does not divide the weight's 8 input channels"),
+    ({"scale_shape": (4, 4)}, "x_scale ('scale') has shape [4, 4], not [2, 4]"),
+    ({"weight_shape": (2, 4, 4), "scale_shape": (1, 4, 4), "block_size": 2}, "weight-only INT4 needs a 2-D"),
+])
+def test_weight_only_int4_rules(broken, expected):
+    report = lint_model(int4_model(**broken))
+    assert any(expected in i.message for i in errors(report)), report.format()
+    assert all(i.op_type == "DequantizeLinear" for i in errors(report) if i.node), report.format()
+
+
+def test_int4_weight_feeding_anything_but_matmul_weights_warns():
+    report = lint_model(int4_model(consumer="MatMul0"))
+    assert report.ok, report.format()
+    (warning,) = warnings_(report)
+    assert warning.node == "dq" and "feeds MatMul input 0" in warning.message
+    assert warnings_(lint_model(int4_model())) == []
+
+
+def test_matmulnbits_says_it_is_onnxruntime_only():
+    node = helper.make_node("MatMulNBits", ["x", "w", "scale"], ["y"], name="mm4", domain="com.microsoft",
+                            K=8, N=4, bits=4, block_size=32)
+    report = lint_model(model([node], [vi("x")], [vi("y", shape=None)], domains=["com.microsoft"]))
+    (issue,) = errors(report)
+    assert issue.op_type == "MatMulNBits"
+    assert "onnxruntime's own 4-bit MatMul" in issue.message and "TensorRT builds need the QDQ form" in issue.message
+
+
 def test_path_is_linted_without_reading_external_weights(tmp_path):
     m = clean_model()
     big = numpy_helper.from_array(np.ones((8, 512), np.float32), "big")

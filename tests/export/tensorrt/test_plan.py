@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ import pytest
 from transprune.errors import TransPruneError
 from transprune.export.tensorrt.plan import make_plan, parse_trtexec_script, trtexec_script, write_plan
 from transprune.export.tensorrt.profiles import shape_limits
-from transprune.export.tensorrt.targets import TARGETS, check_precision, get_target
+from transprune.export.tensorrt.targets import TARGETS, check_precision, get_target, resolve_precision
+from transprune.export.tensorrt.workflow import check_fits
 from transprune.runtime.build import Build
 from transprune.schedule import preset
 
@@ -150,3 +152,113 @@ def test_names_from_a_hostile_build_never_run_in_the_script(paper_build, tmp_pat
     assert f"[1/11] vision$(touch {marker})" in done.stderr  # printed as text, not run
     parsed = parse_trtexec_script(script.read_text())
     assert f"x;touch {marker};vision.engine" in parsed
+
+
+# ---------------------------------------------------------------------------------------------
+# int4 weights
+
+
+def test_an_int4_build_is_planned_strongly_typed(int4_tiny_build, spec_build, tmp_path):
+    """trtexec builds int4 graphs with --stronglyTyped and no precision flag (it refuses both
+    together); the engines' precision is the export's fp16 and their weights what the files hold."""
+    directory, manifest = int4_tiny_build("fp16")
+    build = Build.open(directory)
+    assert all(g["trt_lint"]["ok"] for g in manifest["graphs"]), [g["trt_lint"] for g in manifest["graphs"]]
+    plan = make_plan(build, target=get_target("jetson-orin-nano"), precision="fp16",
+                     limits=shape_limits(build, max_text_tokens=32, max_new_tokens=16), engine_dir=tmp_path / "e")
+    assert plan["strongly_typed"] and plan["weights"]["format"] == "int4" and plan["weights"]["block_size"] == 32
+    script = trtexec_script(plan)
+    engines = parse_trtexec_script(script)
+    assert len(engines) == 11
+    assert all(e["flags"] == ["--skipInference", "--stronglyTyped"] for e in engines.values()), engines
+    assert "--fp16" not in script and "built strongly typed (--stronglyTyped)" in script
+    file_bytes = sum(int(g["bytes"]) for g in manifest["graphs"])
+    assert plan["memory"]["weights_gib"] == round(file_bytes / 2**30, 3)
+    # a float build keeps --fp16 and is not strongly typed
+    float_plan = _plan(spec_build("llava-1.5-7b", preset("paper")), "jetson-orin-nano")
+    assert not float_plan["strongly_typed"] and float_plan["weights"] == {"format": "float", "dtype": "fp16"}
+    assert parse_trtexec_script(trtexec_script(float_plan))["head.engine"]["flags"] == ["--fp16", "--skipInference"]
+
+
+def test_int4_builds_get_the_exports_own_precision_or_a_refusal(spec_build):
+    fp32 = spec_build("llava-1.5-7b", preset("paper"), dtype="fp32", weights="int4")
+    with pytest.raises(TransPruneError, match=r"int4 weights, which TensorRT takes only in a strongly typed network: "
+                                              r"engines compute in the export's own types \(fp32 here\), and "
+                                              r"jetson-orin-nano builds fp16 engines; re-export with --dtype fp16 "
+                                              r"--weights int4"):
+        resolve_precision(get_target("jetson-orin-nano"), None, export_dtype="fp32", int4=True)
+    with pytest.raises(TransPruneError, match="so --precision bf16 cannot apply; drop --precision"):
+        resolve_precision(get_target("jetson-thor"), "bf16", export_dtype="fp16", int4=True)
+    assert resolve_precision(get_target("jetson-thor"), None, export_dtype="fp16", int4=True) == "fp16"
+    assert resolve_precision(get_target("jetson-thor"), "bf16", export_dtype="fp16") == "bf16"  # float weights
+    assert resolve_precision(get_target("rtx"), None, export_dtype="fp32", int4=True) == "fp32"
+    # weights are never converted to another width: that would shrink the packed int4 values too
+    with pytest.raises(TransPruneError, match="strongly typed"):
+        _plan(fp32, "jetson-agx-orin", precision="fp16")
+
+
+def test_7b_on_the_orin_nano_16_bit_is_refused_and_int4_gets_a_verdict_from_the_numbers(spec_build):
+    """LLaVA-1.5-7B on the 8 GB Orin Nano (6.0 GiB budget), 128 text + 512 new tokens: 16-bit weights
+    are refused outright; int4 weights (decoder and lm_head, blocks of 128, the rest fp16) are 4.02
+    GiB, and the verdict is what weights + KV cache + the 1 GiB workspace + 1 GiB runtime add up to."""
+    sixteen = _plan(spec_build("llava-1.5-7b", preset("paper")), "jetson-orin-nano", max_text_tokens=128,
+                    max_new_tokens=512)
+    memory = sixteen["memory"]
+    assert memory["weights_gib"] == pytest.approx(13.157, abs=1e-3) and not memory["fits"]
+    with pytest.raises(TransPruneError, match=r"llava-1.5-7b at fp16 with fp16 weights needs about 16.01 GiB on "
+                                              r"jetson-orin-nano \(weights 13.16, KV cache 0.86, activations 1.00, "
+                                              r"runtime 1.00\), 10.01 GiB more than its 6.00 GiB budget; its "
+                                              r"weights, workspace and runtime alone take 15.16 GiB, so no shorter "
+                                              r"prompt or answer fits: .*or re-export with 4-bit weights "
+                                              r"\(--dtype fp16 --weights int4\)"):
+        check_fits(sixteen)
+
+    int4 = _plan(spec_build("llava-1.5-7b", preset("paper"), weights="int4"), "jetson-orin-nano",
+                 max_text_tokens=128, max_new_tokens=512)
+    # 6,607,339,520 quantized parameters (32 layers x 202,375,168 + lm_head 131,334,144) at half a byte
+    # plus a 2-byte scale per 128; the other 456,087,552 (vision tower, projector, embeddings, norms) fp16
+    quantized, others = 32 * 202_375_168 + 131_334_144, 7_063_427_072 - 6_607_339_520
+    weight_bytes = quantized // 2 + quantized // 128 * 2 + others * 2
+    assert quantized == 6_607_339_520 and weight_bytes == 4_319_084_544
+    memory = int4["memory"]
+    assert memory["weights_gib"] == pytest.approx(weight_bytes / 2**30, abs=1e-3)  # 4.022
+    assert memory["kv_cache_gib"] == sixteen["memory"]["kv_cache_gib"]  # int4 weights leave the KV cache alone
+    total = memory["weights_gib"] + memory["kv_cache_gib"] + memory["activations_gib"] + memory["overhead_gib"]
+    assert memory["total_gib"] == pytest.approx(total, abs=2e-3)
+    assert memory["fits"] == (memory["total_gib"] <= memory["budget_gib"])
+    assert memory["headroom_gib"] == pytest.approx(memory["budget_gib"] - memory["total_gib"], abs=2e-3)
+    if memory["fits"]:
+        check_fits(int4)
+    else:
+        over = memory["total_gib"] - memory["budget_gib"]
+        with pytest.raises(TransPruneError, match=rf"at fp16 with int4 weights needs about {memory['total_gib']:.2f} "
+                                                  rf"GiB on jetson-orin-nano .*, {over:.2f} GiB more than its "
+                                                  rf"6.00 GiB budget; .*quantize more of the model"):
+            check_fits(int4)
+    # the same int4 build fits an Orin NX (13 GiB budget) with room to spare
+    nx = _plan(spec_build("llava-1.5-7b", preset("paper"), weights="int4"), "jetson-orin-nx", max_text_tokens=128,
+               max_new_tokens=512)["memory"]
+    assert nx["fits"] and nx["headroom_gib"] > 5
+
+
+def test_transprune_build_plan_only_says_by_how_much_an_int4_build_fits(int4_tiny_build, tmp_path, capsys):
+    from transprune.cli.build import main as build_main
+
+    directory, _ = int4_tiny_build("fp16")
+    out = tmp_path / "nano"
+    assert build_main([str(directory), "--target", "jetson-orin-nano", "--max-text-tokens", "32", "--plan-only",
+                       "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    memory = json.loads((out / "plan.json").read_text())["memory"]
+    assert "fp16 with int4 weights (blocks of 32, strongly typed)" in err
+    assert (f"memory: about {memory['total_gib']:.2f} GiB of a 6.00 GiB budget (weights {memory['weights_gib']:.2f}, "
+            f"KV cache {memory['kv_cache_gib']:.2f}, activations 1.00, runtime 1.00): fits with "
+            f"{6.0 - memory['total_gib']:.2f} GiB to spare") in err
+    # the same build for a 2.1 GB device: refused with the numbers, nothing written
+    assert build_main([str(directory), "--target", "jetson-orin-nano", "--memory-gib", "2.1", "--plan-only",
+                       "--out", str(tmp_path / "small")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"at fp16 with int4 weights needs about 2\.\d\d GiB on jetson-orin-nano \(weights 0\.00, KV cache "
+                     r"0\.\d\d, activations 1\.00, runtime 1\.00\), 1\.\d\d GiB more than its 0\.10 GiB budget; its "
+                     r"weights, workspace and runtime alone take 2\.00 GiB", err), err
+    assert not (tmp_path / "small").exists()
