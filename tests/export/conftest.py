@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from ..conftest import TINY_INT4_BLOCK
+
 
 @pytest.fixture
 def spec_build(tmp_path):
@@ -69,15 +71,13 @@ def spec_build(tmp_path):
     return make
 
 
-# tiny's hidden size is 64, so its int4 builds use blocks of 32 (the default 128 does not divide it)
-TINY_INT4_BLOCK = 32
 
 
 @pytest.fixture(scope="session")
-def int4_tiny_build(tmp_path_factory, tiny_checkpoint):
+def int4_tiny_build(tmp_path_factory, tiny_checkpoint, int4_build):
     """``int4_tiny_build(dtype)`` -> (build directory, manifest) of tiny, paper schedule, exported with
-    ``--weights int4`` (blocks of ``TINY_INT4_BLOCK``) and not validated: for the TensorRT side,
-    which cares about the graphs it is given. One export per dtype per session."""
+    ``--weights int4`` (blocks of ``TINY_INT4_BLOCK``): fp32 is the validated ``int4_build``; fp16 is
+    exported once per session without validation (the TensorRT side cares about the graphs)."""
     import json
 
     from transprune.export.exporter import export_model
@@ -86,6 +86,8 @@ def int4_tiny_build(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("int4")
 
     def build(dtype: str = "fp16"):
+        if dtype == "fp32":
+            return int4_build
         out = root / f"tiny-paper-int4-{dtype}"
         if not out.exists():
             export_model(model=str(tiny_checkpoint), out=out, schedule=preset("paper"), dtype=dtype,
