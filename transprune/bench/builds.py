@@ -26,8 +26,10 @@ def build_dir(exports: Path, model: str, schedule_name: str) -> Path:
     return exports / f"{Path(model).name}-{schedule_name}"
 
 
-def stale_reason(out: Path, schedule, checkpoint: Path) -> str | None:
-    """Why the build in ``out`` cannot be reused (None: it can)."""
+def stale_reason(out: Path, schedule, checkpoint: Path, *, dtype: str = "fp32",
+                 weights: dict | None = None) -> str | None:
+    """Why the build in ``out`` cannot be reused (None: it can). ``weights``: entries its manifest's
+    ``weights`` section must hold (e.g. ``{"format": "int4", "block_size": 128}``); None: not checked."""
     manifest_file = out / "manifest.json"
     if not manifest_file.is_file():
         return "no build there"
@@ -43,8 +45,13 @@ def stale_reason(out: Path, schedule, checkpoint: Path) -> str | None:
     exported_from = (manifest.get("model") or {}).get("checkpoint")
     if not exported_from or Path(exported_from).resolve() != checkpoint.resolve():
         return f"it was exported from {exported_from}, not {checkpoint}"
-    if manifest.get("dtype") != "fp32":
-        return f"its dtype is {manifest.get('dtype')}, not fp32"
+    if manifest.get("dtype") != dtype:
+        return f"its dtype is {manifest.get('dtype')}, not {dtype}"
+    if weights is not None:
+        found = manifest.get("weights") or {}
+        differ = {key: found.get(key) for key, value in weights.items() if found.get(key) != value}
+        if differ:
+            return f"its weights are {found or 'float, unrecorded (an older exporter)'}, not {weights}"
     # an older exporter wrote other graphs (names, inputs, outputs): compare with today's specs
     try:
         wanted = graph_signatures(manifest["model"]["facts"], schedule)

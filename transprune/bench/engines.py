@@ -20,9 +20,10 @@ DEFAULT_PROMPT = "Describe the picture in detail: what is in it, the colours, an
 class RuntimeEngine:
     """The torch-free runtime on one build, EOS ignored."""
 
-    def __init__(self, path: Path, threads: int, *, verify: bool = True) -> None:
+    def __init__(self, path: Path, threads: int, *, verify: bool = True,
+                 int4_accuracy_level: int | None = None) -> None:
         started = time.perf_counter()
-        self.pipeline = open_pipeline(path, threads=threads, verify=verify)
+        self.pipeline = open_pipeline(path, threads=threads, verify=verify, int4_accuracy_level=int4_accuracy_level)
         self.load_s = time.perf_counter() - started
         self.pipeline.build.eos_token_id = None  # force the length: the bench model is random
 

@@ -63,14 +63,18 @@ def current_rss_bytes() -> int | None:
 # -- the parent's side ---------------------------------------------------------------------------
 
 def peak_rss_in_fresh_process(*, build: str | Path | None = None, hf_model: str | None = None, threads: int,
-                              new_tokens: int, prompt: str = DEFAULT_PROMPT) -> dict:
+                              new_tokens: int, prompt: str = DEFAULT_PROMPT,
+                              int4_accuracy_level: int | None = None) -> dict:
     """Runs the probe on ``build`` (the runtime) or ``hf_model`` (transformers) in a new Python
-    process and returns its reading (see :func:`probe`). RuntimeError if the probe fails."""
+    process and returns its reading (see :func:`probe`). RuntimeError if the probe fails.
+    ``int4_accuracy_level``: the runtime's onnxruntime option of that name (None: its default)."""
     if (build is None) == (hf_model is None):
         raise ValueError("give exactly one of build and hf_model")
     target = ["--build", str(build)] if build is not None else ["--hf", hf_model]
     command = [sys.executable, "-m", MODULE, *target, "--threads", str(threads), "--new-tokens", str(new_tokens),
                "--prompt", prompt]
+    if int4_accuracy_level is not None:
+        command += ["--int4-accuracy-level", str(int4_accuracy_level)]
     done = subprocess.run(command, capture_output=True, text=True)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
@@ -82,7 +86,7 @@ def peak_rss_in_fresh_process(*, build: str | Path | None = None, hf_model: str 
 # -- the probe's side ----------------------------------------------------------------------------
 
 def probe(*, build: Path | None, hf_model: str | None, threads: int, new_tokens: int, prompt: str,
-          ru_maxrss_at_start: int) -> dict:
+          ru_maxrss_at_start: int, int4_accuracy_level: int | None = None) -> dict:
     """Loads one engine, runs one generation of ``new_tokens`` tokens, and reads this process's peak RSS."""
     from transprune.sample_image import sample_image
 
@@ -90,7 +94,7 @@ def probe(*, build: Path | None, hf_model: str | None, threads: int, new_tokens:
     if hf_model is not None:
         engine = HFEngine(hf_model, threads, image, prompt)
     else:
-        engine = RuntimeEngine(Path(build), threads)
+        engine = RuntimeEngine(Path(build), threads, int4_accuracy_level=int4_accuracy_level)
     result = engine.run(image, prompt, new_tokens)
     hwm, maxrss = vm_hwm_bytes(), ru_maxrss_bytes()
     return {"peak_rss_bytes": hwm if hwm is not None else maxrss, "vm_hwm_bytes": hwm, "ru_maxrss_bytes": maxrss,
@@ -107,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default: 1)")
     parser.add_argument("--new-tokens", type=int, default=1, help="tokens the one generation makes (default: 1)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the question about the sample picture")
+    parser.add_argument("--int4-accuracy-level", type=int, default=None,
+                        help="--build: how onnxruntime computes the int4 MatMuls it fuses (default: its own)")
     return parser
 
 
@@ -114,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     at_start = ru_maxrss_bytes()
     args = build_parser().parse_args(argv)
     print(json.dumps(probe(build=args.build, hf_model=args.hf, threads=args.threads, new_tokens=args.new_tokens,
-                           prompt=args.prompt, ru_maxrss_at_start=at_start)))
+                           prompt=args.prompt, ru_maxrss_at_start=at_start,
+                           int4_accuracy_level=args.int4_accuracy_level)))
     return 0
 
 
