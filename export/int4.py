@@ -189,10 +189,10 @@ class QuantizedTensors:
             weight = np.ascontiguousarray(self.load_float32(source).T)
             values, scales = quantize(weight, self.scheme.block_size, self.scale_dtype)
             del weight
-            self._pending[source] = {"values": pack(values), "scales": scales, "shape": values.shape}
+            self._pending[source] = {"values": pack(values), "scales": scales}
         entry = self._pending[source]
         result = entry.pop(part)
-        if "values" not in entry and "scales" not in entry:
+        if not entry:
             del self._pending[source]
         return result
 
