@@ -1,9 +1,10 @@
 """scripts/bench_weights.py: a smoke run on ``tiny`` writes a complete, sane JSON report.
 
-Runs the script as a subprocess (``--model tiny --block-size 32 --repeats 1``) with
-``TRANSPRUNE_CACHE`` pointing at the session cache that holds the tiny checkpoint. The session's
-``paper_build`` (fp32) and ``int4_build`` (blocks of 32) are copied into the exports folder first,
-so the script reuses them, exports only the fp16 build and converts the int4 one to MatMulNBits.
+Runs the script as a subprocess (``--model tiny --block-size 32 --repeats 1``, three of the
+variants) with ``TRANSPRUNE_CACHE`` pointing at the session cache that holds the tiny checkpoint.
+The session's ``paper_build`` (fp32) and ``int4_build`` (blocks of 32) are copied into the exports
+folder first, so the script exports nothing and only converts the int4 build to MatMulNBits (fp16
+is left out: exporting it would take minutes and test nothing the other variants do not).
 Timings are not checked against anything (a shared machine makes them noise); only that they
 exist and are positive, and that the agreement figures are what they must be (fp32 against
 itself: everything identical).
@@ -25,7 +26,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx_ir")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_weights.py"
-VARIANTS = ("fp32", "fp16", "int4", "int4-acc0", "int4-nbits", "int4-nbits-acc0")
+VARIANTS = ("fp32", "int4", "int4-nbits")
 NEW_TOKENS, AGREEMENT_TOKENS = 3, 4
 STAGES = 3  # the paper schedule prunes three times
 
@@ -40,26 +41,22 @@ def report(tmp_path_factory, paper_build, int4_build, transprune_cache):
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--model", "tiny", "--block-size", str(int4_build[1]["weights"]["block_size"]),
          "--repeats", "1", "--new-tokens", str(NEW_TOKENS), "--agreement-tokens", str(AGREEMENT_TOKENS),
-         "--threads", "1", "--pause", "0", "--exports", str(exports), "--out", str(out)],
+         "--threads", "1", "--pause", "0", "--variants", ",".join(VARIANTS), "--exports", str(exports), "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(out.read_text()), done.stdout, exports
 
 
-def test_builds_reused_exported_and_converted(report):
+def test_builds_reused_and_converted(report):
     data, _, exports = report
     builds = data["config"]["builds"]
     assert builds["fp32"]["reused"] is True and builds["int4"]["reused"] is True
-    assert builds["fp16"]["reused"] is False
-    assert json.loads((exports / "tiny-paper-fp16" / "manifest.json").read_text())["dtype"] == "fp16"
-    for level in (4, 0):
-        build = builds[f"int4-nbits-acc{level}"]
-        assert build["reused"] is False and build["path"] == str(exports / f"tiny-paper-int4-nbits-acc{level}")
-        weights = json.loads((Path(build["path"]) / "manifest.json").read_text())["weights"]
-        assert weights["form"] == "MatMulNBits" and weights["accuracy_level"] == level
-    variants = data["config"]["variants"]
-    assert list(variants) == list(VARIANTS)
-    assert variants["int4-acc0"]["path"] == variants["int4"]["path"]  # one build, another session option
+    assert set(builds) == {"fp32", "int4", "int4-nbits-acc4"}  # only what the chosen variants run
+    build = builds["int4-nbits-acc4"]
+    assert build["reused"] is False and build["path"] == str(exports / "tiny-paper-int4-nbits-acc4")
+    weights = json.loads((Path(build["path"]) / "manifest.json").read_text())["weights"]
+    assert weights["form"] == "MatMulNBits" and weights["accuracy_level"] == 4
+    assert list(data["config"]["variants"]) == list(VARIANTS)
 
 
 def test_every_variant_has_sane_figures(report):
@@ -81,8 +78,9 @@ def test_every_variant_has_sane_figures(report):
         assert len(agreed["kept_overlap"]) == STAGES and all(0 <= o <= 1 for o in agreed["kept_overlap"])
         assert agreed["max_logit_error_first_step"] >= 0
     sizes = {name: data["bytes"][name]["graphs"] for name in VARIANTS}
-    assert sizes["int4"] < sizes["fp16"] < sizes["fp32"]
-    assert sizes["int4-acc0"] == sizes["int4"]
+    # on tiny the float parts (embedding table, vision tower) are over half of fp32's bytes: 0.58x measured
+    assert sizes["int4"] < 0.75 * sizes["fp32"]
+    assert sizes["int4-nbits"] <= sizes["int4"]  # the same int4 values repacked, no DequantizeLinear nodes
     for name in VARIANTS[1:]:
         assert set(data["ratios"][name]["over_fp32"]) == {"load", "prefill", "decode"}
     assert "over_int4" in data["ratios"]["int4-nbits"]
@@ -94,10 +92,9 @@ def test_fp32_agrees_with_itself_and_the_same_math_agrees_exactly(report):
     assert agreed["fp32"]["token_agreement"] == 1.0 and agreed["fp32"]["first_token_identical"] is True
     assert agreed["fp32"]["kept_overlap"] == [1.0] * STAGES
     assert agreed["fp32"]["max_logit_error_first_step"] == 0.0
-    # the converted build at a level computes what the QDQ build computes at that level
+    # the converted build at level 4 computes what the QDQ build computes at onnxruntime's default (4)
     assert agreed["int4-nbits"]["token_ids"] == agreed["int4"]["token_ids"]
-    assert agreed["int4-nbits-acc0"]["token_ids"] == agreed["int4-acc0"]["token_ids"]
-    assert agreed["int4-nbits-acc0"]["kept_overlap"] == agreed["int4-acc0"]["kept_overlap"]
+    assert agreed["int4-nbits"]["kept_overlap"] == agreed["int4"]["kept_overlap"]
 
 
 def test_config_records_the_run_and_the_machine(report):

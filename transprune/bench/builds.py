@@ -15,7 +15,7 @@ from pathlib import Path
 from transprune.cli.export import ProgressBar
 from transprune.schedule import preset
 
-from .export_and_runtime import export_fp32, graph_signatures, manifest_schema_version
+from .export_and_runtime import export_build, graph_signatures, manifest_schema_version
 from .output import log
 
 # The two builds bench_runtime.py and bench_next.py compare: kind -> schedule preset.
@@ -64,18 +64,22 @@ def stale_reason(out: Path, schedule, checkpoint: Path, *, dtype: str = "fp32",
     return None
 
 
-def ensure_build(*, model: str, out: Path, schedule, checkpoint: Path, reexport: bool = False) -> dict:
-    """Reuses the fp32 build in ``out`` when its schedule and checkpoint match, else exports it there
-    (without validation). -> {path, reused, export_s}."""
-    reason = "--reexport" if reexport else stale_reason(out, schedule, checkpoint)
+def ensure_build(*, model: str, out: Path, schedule, checkpoint: Path, dtype: str = "fp32",
+                 weight_format: str = "float", block_size: int | None = None, reexport: bool = False) -> dict:
+    """Reuses the build in ``out`` when its schedule, checkpoint, dtype and weights match, else
+    exports it there (without validation); int4 weights in blocks of ``block_size``.
+    -> {path, reused, export_s}."""
+    weights = {"format": weight_format, **({"block_size": block_size} if weight_format == "int4" else {})}
+    reason = "--reexport" if reexport else stale_reason(out, schedule, checkpoint, dtype=dtype, weights=weights)
     if reason is None:
         log(f"reusing {out} (schedule {schedule.name})")
         return {"path": str(out), "reused": True, "export_s": None}
-    log(f"exporting {model} with schedule {schedule.name} into {out} ({reason})")
+    log(f"exporting {model} ({dtype}, {weight_format} weights) with schedule {schedule.name} into {out} ({reason})")
     bar = ProgressBar()
     try:
-        export_fp32(model=model, out=out, schedule=schedule,
-                    progress=lambda step, steps, label: bar(step, steps, f"{out.name}: {label}"))
+        export_build(model=model, out=out, schedule=schedule, dtype=dtype, weight_format=weight_format,
+                     block_size=block_size if weight_format == "int4" else None,
+                     progress=lambda step, steps, label: bar(step, steps, f"{out.name}: {label}"))
     finally:
         bar.finish()
     log(f"exported {out} in {bar.elapsed():.0f} s")

@@ -29,15 +29,6 @@ def graph_signatures(facts: dict, schedule) -> list[tuple[str, list[str], list[s
             for g in graph_specs(ModelFacts(**facts), schedule)]
 
 
-def export_fp32(*, model: str, out: Path, schedule, progress: Callable[[int, int, str], None]) -> None:
-    """Exports ``model`` with ``schedule`` into ``out`` in fp32, without validation, replacing
-    whatever is there."""
-    from transprune.export.exporter import export_model
-
-    export_model(model=model, out=out, schedule=schedule, dtype="fp32", validate=False, force=out.exists(),
-                 progress=progress)
-
-
 def export_build(*, model: str, out: Path, schedule, dtype: str, weight_format: str = "float",
                  block_size: int | None = None, progress: Callable[[int, int, str], None]) -> None:
     """Exports ``model`` with ``schedule`` into ``out`` in ``dtype`` with ``weight_format`` weights

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .builds import stale_reason
+from .builds import ensure_build
 from .engines import RuntimeEngine, public
-from .export_and_runtime import convert_to_matmulnbits, export_build, greedy_chain, int4_block_size
+from .export_and_runtime import convert_to_matmulnbits, greedy_chain, int4_block_size
 from .load_time import load_time_in_fresh_process
 from .machine import loadavg, machine_info
 from .output import fmt, log
@@ -123,7 +123,7 @@ def build_path(exports: Path, model: str, build: str) -> Path:
 
 def ensure_builds(settings: Settings, checkpoint: Path, variants: list[Variant], block: int) -> dict:
     """Every build the variants run, exported or converted where missing or stale (``--reexport``:
-    always); int4 in blocks of ``block``. -> {build: {path, reused, seconds}}."""
+    always); int4 in blocks of ``block``. -> {build: {path, reused, export_s}}."""
     from transprune.schedule import preset
 
     schedule = preset(SCHEDULE)
@@ -132,14 +132,11 @@ def ensure_builds(settings: Settings, checkpoint: Path, variants: list[Variant],
         wanted.setdefault("int4", VARIANTS["int4"])  # what they are converted from
     out = {}
     for build in ("fp32", "fp16", "int4"):
-        if build not in wanted:
-            continue
-        variant = wanted[build]
-        path = build_path(settings.exports, settings.model, build)
-        weights = {"format": "int4", "block_size": block} if build == "int4" else {"format": "float"}
-        reason = "--reexport" if settings.reexport else stale_reason(path, schedule, checkpoint, dtype=variant.dtype,
-                                                                        weights=weights)
-        out[build] = _export(settings, path, schedule, variant.dtype, weights, block, reason)
+        if build in wanted:
+            out[build] = ensure_build(model=settings.model, out=build_path(settings.exports, settings.model, build),
+                                      schedule=schedule, checkpoint=checkpoint, dtype=wanted[build].dtype,
+                                      weight_format="int4" if build == "int4" else "float", block_size=block,
+                                      reexport=settings.reexport)
     for build, variant in wanted.items():
         if variant.form != "MatMulNBits":
             continue
@@ -149,31 +146,13 @@ def ensure_builds(settings: Settings, checkpoint: Path, variants: list[Variant],
                   f"{source.name} was just exported") or conversion_stale_reason(path, source, variant.accuracy_level)
         if reason is None:
             log(f"reusing {path}")
-            out[build] = {"path": str(path), "reused": True, "seconds": None}
+            out[build] = {"path": str(path), "reused": True, "export_s": None}
             continue
         log(f"converting {source.name} to MatMulNBits (accuracy level {variant.accuracy_level}) into {path} ({reason})")
         started = time.perf_counter()
         convert_to_matmulnbits(source, path, accuracy_level=variant.accuracy_level)
-        out[build] = {"path": str(path), "reused": False, "seconds": round(time.perf_counter() - started, 1)}
+        out[build] = {"path": str(path), "reused": False, "export_s": round(time.perf_counter() - started, 1)}
     return out
-
-
-def _export(settings: Settings, path: Path, schedule, dtype: str, weights: dict, block: int,
-            reason: str | None) -> dict:
-    from transprune.cli.export import ProgressBar
-
-    if reason is None:
-        log(f"reusing {path}")
-        return {"path": str(path), "reused": True, "seconds": None}
-    log(f"exporting {settings.model} ({dtype}, {weights['format']} weights) into {path} ({reason})")
-    bar = ProgressBar()
-    try:
-        export_build(model=settings.model, out=path, schedule=schedule, dtype=dtype, weight_format=weights["format"],
-                     block_size=block if weights["format"] == "int4" else None,
-                     progress=lambda step, steps, label: bar(step, steps, f"{path.name}: {label}"))
-    finally:
-        bar.finish()
-    return {"path": str(path), "reused": False, "seconds": round(bar.elapsed(), 1)}
 
 
 def conversion_stale_reason(path: Path, source: Path, accuracy_level: int) -> str | None:
