@@ -24,12 +24,11 @@ from typing import Callable
 
 from transprune import __version__
 from transprune.errors import TransPruneError
-from transprune.files import (create_hidden, create_parents, refuse_overlap, remove_created,
-                              replace_directory)
+from transprune.files import refuse_overlap
 from transprune.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256
 from transprune.schedule import Schedule
 
-from .out_dir import check_out
+from .out_dir import check_out, staged_output
 
 DTYPES = {"fp32": "float32", "fp16": "float16"}
 WEIGHT_FORMATS = ("float", "int4")  # float: weights in the --dtype; int4: export/int4.py
@@ -100,72 +99,68 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     examples = Examples(weights.dtype, n_image=facts.n_image, image_token_id=facts.image_token_id)
     parsers = importable_modules()  # the real TensorRT parsers that check each graph (none: the lint alone)
     steps = len(specs) + (1 if validate else 0)
-    created, claimed = [], []  # what _discard takes back if the export fails, even if interrupted midway
     try:
-        create_parents(out, created)
-        _check_free_space(out.parent, needed)
-        # a plain mkdir (not mkdtemp's 0o700): the build is read by other users and tools, like its files
-        staging, _ = create_hidden(out, "", os.mkdir, claimed)
-        entries, checks = [], []
-        for number, spec in enumerate(specs, 1):
-            started = time.perf_counter()
-            kind = kind_of(spec.kind)
-            if progress:
-                progress(number, steps, kind.describe(spec))
-            module = kind.module(spec, weights, config)
-            args = examples.inputs(kind, spec)
-            path = staging / f"{spec.name}.onnx"
-            export_graph(module, spec, path, args=args, opset=opset, weights=weights, int4=int4)
-            del module
-            files = sorted(p.name for p in staging.glob(f"{spec.name}.onnx*"))
-            checks.append(trt_check.check_graph(path, name=spec.name, modules=parsers))
-            entries.append({**_concrete_dtypes(spec.to_dict(), DTYPES[dtype]), "file": f"{spec.name}.onnx",
-                            **trt_check.manifest_entries(checks[-1]),
-                            **({"int4_matmuls": checks[-1].lint.op_counts.get("DequantizeLinear", 0)} if int4 else {}),
-                            "sha256": {name: sha256(staging / name) for name in files},
-                            "bytes": sum((staging / name).stat().st_size for name in files),
-                            "export_seconds": round(time.perf_counter() - started, 2)})
-        inputs_sections = export_processor(processor, staging, anyres=facts.anyres)
-        processor_files = {TOKENIZER_FILE: sha256(staging / TOKENIZER_FILE)}
-        for name in _PROCESSOR_FILES:
-            if (checkpoint / name).is_file():
-                shutil.copyfile(checkpoint / name, staging / name)
-                processor_files[name] = sha256(staging / name)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "model": {"id": model, "checkpoint": str(checkpoint.resolve()), "config": config.to_dict(),
-                      "facts": facts.__dict__},
-            "schedule": schedule.to_dict(),
-            # anyres builds keep int(n * ratio) of each image's n tokens: the counts at the extremes
-            "keep_counts": (list(schedule.keep_counts(facts.n_image)) if not facts.anyres else
-                            {bound: list(schedule.keep_counts(image_tokens[bound])) for bound in ("min", "max")}),
-            "dtype": dtype,
-            "weights": int4.to_dict() if int4 else {"format": "float", "dtype": dtype},
-            "opset": opset,
-            "limits": limits,
-            "flops": flops_report(model=preset, schedule=schedule).to_dict(),
-            "graphs": entries,
-            "trt_check": trt_check.summary(checks),  # which checkers ran, and whether every graph passed
-            **inputs_sections,
-            "processor_files": processor_files,
-            "versions": _versions(),
-        }
-        # what callers get back is exactly what is on disk (tuples become lists)
-        manifest = json.loads(json.dumps(manifest, default=str))
-        check_processor(processor, Build.from_manifest(staging, manifest), sample_image())
-        if validate:
-            from .validate import validate_build
+        # staged_output removes the staging directory and the parents it made if anything below fails
+        # or is interrupted (KeyboardInterrupt, the CLIs' Terminated), and swaps it in when done
+        with staged_output(out, force=force) as staging:
+            _check_free_space(out.parent, needed)
+            entries, checks = [], []
+            for number, spec in enumerate(specs, 1):
+                started = time.perf_counter()
+                kind = kind_of(spec.kind)
+                if progress:
+                    progress(number, steps, kind.describe(spec))
+                module = kind.module(spec, weights, config)
+                args = examples.inputs(kind, spec)
+                path = staging / f"{spec.name}.onnx"
+                export_graph(module, spec, path, args=args, opset=opset, weights=weights, int4=int4)
+                del module
+                files = sorted(p.name for p in staging.glob(f"{spec.name}.onnx*"))
+                checks.append(trt_check.check_graph(path, name=spec.name, modules=parsers))
+                entries.append({**_concrete_dtypes(spec.to_dict(), DTYPES[dtype]), "file": f"{spec.name}.onnx",
+                                **trt_check.manifest_entries(checks[-1]),
+                                **({"int4_matmuls": checks[-1].lint.op_counts.get("DequantizeLinear", 0)}
+                                   if int4 else {}),
+                                "sha256": {name: sha256(staging / name) for name in files},
+                                "bytes": sum((staging / name).stat().st_size for name in files),
+                                "export_seconds": round(time.perf_counter() - started, 2)})
+            inputs_sections = export_processor(processor, staging, anyres=facts.anyres)
+            processor_files = {TOKENIZER_FILE: sha256(staging / TOKENIZER_FILE)}
+            for name in _PROCESSOR_FILES:
+                if (checkpoint / name).is_file():
+                    shutil.copyfile(checkpoint / name, staging / name)
+                    processor_files[name] = sha256(staging / name)
+            manifest = {
+                "schema_version": SCHEMA_VERSION,
+                "model": {"id": model, "checkpoint": str(checkpoint.resolve()), "config": config.to_dict(),
+                          "facts": facts.__dict__},
+                "schedule": schedule.to_dict(),
+                # anyres builds keep int(n * ratio) of each image's n tokens: the counts at the extremes
+                "keep_counts": (list(schedule.keep_counts(facts.n_image)) if not facts.anyres else
+                                {bound: list(schedule.keep_counts(image_tokens[bound])) for bound in ("min", "max")}),
+                "dtype": dtype,
+                "weights": int4.to_dict() if int4 else {"format": "float", "dtype": dtype},
+                "opset": opset,
+                "limits": limits,
+                "flops": flops_report(model=preset, schedule=schedule).to_dict(),
+                "graphs": entries,
+                "trt_check": trt_check.summary(checks),  # which checkers ran, and whether every graph passed
+                **inputs_sections,
+                "processor_files": processor_files,
+                "versions": _versions(),
+            }
+            # what callers get back is exactly what is on disk (tuples become lists)
+            manifest = json.loads(json.dumps(manifest, default=str))
+            check_processor(processor, Build.from_manifest(staging, manifest), sample_image())
+            if validate:
+                from .validate import validate_build
 
-            if progress:
-                progress(steps, steps, "validating against the PyTorch reference")
-            validation = validate_build(staging, manifest, checkpoint=checkpoint, schedule=schedule)
-            manifest["validation"] = json.loads(json.dumps(validation, default=str))
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        # the directory had minutes to change: look again before replacing anything
-        check_out(out, force=force)
-        replace_directory(staging, out)
-    except OSError as exc:
-        _discard(claimed, created)
+                if progress:
+                    progress(steps, steps, "validating against the PyTorch reference")
+                validation = validate_build(staging, manifest, checkpoint=checkpoint, schedule=schedule)
+                manifest["validation"] = json.loads(json.dumps(validation, default=str))
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    except OSError as exc:  # staged_output has taken back what it wrote
         if exc.errno == errno.ENOSPC:
             raise TransPruneError(f"the disk holding {out.parent} is full (export needs about "
                                   f"{needed / 1e9:.1f} GB); nothing was "
@@ -174,17 +169,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
             raise TransPruneError(f"cannot write --out {out}: {exc.strerror} ({exc.filename}); nothing was written. "
                                   f"Choose another --out") from None
         raise
-    except BaseException:  # KeyboardInterrupt and SIGTERM (the CLIs' Terminated) too
-        _discard(claimed, created)
-        raise
     return manifest
-
-
-def _discard(staging: list[Path], created: list[Path]) -> None:
-    """Takes back what a failed export wrote: the staging directory and the parents it created."""
-    for directory in staging:
-        shutil.rmtree(directory, ignore_errors=True)
-    remove_created(created)
 
 
 def _inputs(checkpoint: Path, preset, cache_dir: Path | None) -> dict:

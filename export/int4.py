@@ -149,10 +149,7 @@ def insert_dequantize(graph, *, sources: dict[str, str], scheme: Int4Weights, fl
         uses = list(weight.uses())
         if not uses or not all(node.op_type == "MatMul" and node.domain == "" and index == 1 for node, index in uses):
             continue
-        rows, cols = weight.shape
-        if rows % scheme.block_size:
-            raise TransPruneError(f"{source} has {rows} input channels, not a multiple of --block-size "
-                                  f"{scheme.block_size}; pass --block-size {largest_block(rows)}")
+        rows, cols = weight.shape  # block_size divides rows: Int4Weights.check_shapes ran before the export
         values = ir.Value(name=f"{name}.int4", shape=ir.Shape([rows, cols]), type=ir.TensorType(ir.DataType.INT4),
                           const_value=pending_tensor(ir.DataType.INT4, [rows, cols]))
         scale_shape = [rows // scheme.block_size, cols]

@@ -209,8 +209,10 @@ def to_matmulnbits(src_build_dir: Path, out_dir: Path, *, accuracy_level: int = 
     contrib op); ``weights`` gains ``form: MatMulNBits``, ``accuracy_level`` and ``converted_from``
     (the source's path and its manifest's sha256).
     """
-    from transprune.runtime.manifest import load_manifest, sha256
+    from transprune.files import refuse_overlap
+    from transprune.runtime.manifest import load_manifest, manifest_files, sha256
 
+    from .out_dir import staged_output
     from .tensorrt.check import lint_entry
     from .tensorrt.lint import lint_model
 
@@ -222,17 +224,8 @@ def to_matmulnbits(src_build_dir: Path, out_dir: Path, *, accuracy_level: int = 
                               f"{weights or 'float'}); export it with --weights int4 first")
     if weights.get("form", "QDQ") != "QDQ":
         raise TransPruneError(f"{src_build_dir} is already in the {weights['form']} form")
-    if out_dir.resolve() == src_build_dir.resolve():
-        raise TransPruneError("convert into another directory: the source build stays as it is")
-    if out_dir.exists():
-        if not force:
-            raise TransPruneError(f"{out_dir} exists; pass force=True to replace it")
-        shutil.rmtree(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    try:
+    refuse_overlap(out_dir, inputs={"the source build": src_build_dir}, what="--out")
+    with staged_output(out_dir, force=force) as staging:
         graph_files = set()
         for graph in manifest["graphs"]:
             graph_files.update(graph["sha256"])
@@ -249,11 +242,9 @@ def to_matmulnbits(src_build_dir: Path, out_dir: Path, *, accuracy_level: int = 
             graph["matmulnbits"] = converted
             graph["trt_lint"] = lint_entry(lint_model(staging / graph["file"], name=graph["name"]))
             graph["trt_parse"] = []  # not parsed: a graph with a contrib op is onnxruntime's only
-        for entry in sorted(os.listdir(src_build_dir)):
-            source = src_build_dir / entry
-            if entry in graph_files or entry == "manifest.json" or not source.is_file():
-                continue  # graphs written above; folders (engines built for the source) not copied
-            shutil.copyfile(source, staging / entry)
+        for name in manifest_files(manifest):
+            if name not in graph_files:  # the tokenizer and processor files, as the manifest lists them
+                shutil.copyfile(src_build_dir / name, staging / name)
         manifest["weights"] = {**weights, "form": FORM, "accuracy_level": accuracy_level,
                                "converted_from": {"path": os.path.abspath(src_build_dir),
                                                   "manifest_sha256": sha256(src_build_dir / "manifest.json")}}
@@ -264,8 +255,4 @@ def to_matmulnbits(src_build_dir: Path, out_dir: Path, *, accuracy_level: int = 
                           for g in manifest["graphs"]),
                 "note": "graphs with com.microsoft.MatMulNBits run on onnxruntime only"}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest

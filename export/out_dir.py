@@ -8,14 +8,16 @@ manifest, a file the manifest lists, or an engine directory ``transprune-build``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import Iterator
 
 from transprune.errors import TransPruneError
-from transprune.files import check_writable
+from transprune.files import check_writable, create_hidden, create_parents, remove_created, replace_directory
 from transprune.runtime.manifest import MANIFEST, SCHEMA_VERSION, manifest_files
-
 
 
 def check_out(out: Path, *, force: bool) -> None:
@@ -36,6 +38,30 @@ def check_out(out: Path, *, force: bool) -> None:
         raise TransPruneError(f"{out} already exists; pass --force to replace it")
     if any(out.iterdir()):
         _check_replaceable(out)
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, *, force: bool) -> Iterator[Path]:
+    """Yields a new hidden directory beside ``out`` to write a whole build into; when the block ends
+    normally, ``out`` is checked again (it had time to change) and replaced by it in one step.
+
+    If the block fails or is interrupted (Ctrl-C, SIGTERM), the staging directory and any parent
+    directories this made are removed and the exception propagates: ``out`` is as it was.
+    """
+    check_out(out, force=force)
+    created, claimed = [], []  # appended to before each is made: an interrupt midway still knows them
+    try:
+        create_parents(out, created)
+        # a plain mkdir (not mkdtemp's 0o700): a build is read by other users and tools, like its files
+        staging, _ = create_hidden(out, "", os.mkdir, claimed)
+        yield staging
+        check_out(out, force=force)
+        replace_directory(staging, out)
+    except BaseException:
+        for directory in claimed:
+            shutil.rmtree(directory, ignore_errors=True)
+        remove_created(created)
+        raise
 
 
 def _check_replaceable(out: Path) -> None:

@@ -2,6 +2,8 @@
 
     transprune-export [--model tiny] [--out DIR] [--schedule paper] [--dtype fp32] ...
     transprune-export --check-trt DIR      re-check an existing build's graphs for TensorRT
+    transprune-export --matmulnbits-from DIR [--out DIR2] [--int4-accuracy-level 4]
+                                           an int4 build's copy in onnxruntime's MatMulNBits form
 
 A thin shim over ``transprune.export.exporter.export_model``: parsing, a progress bar on stderr,
 and a summary table at the end. User errors are one line on stderr and exit status 2; a build
@@ -18,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import TransPruneError
 from ..schedule import add_schedule_arguments, schedule_from_args
 from ._common import run_user_command
 
@@ -60,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check-trt", type=Path, metavar="DIR",
                         help="only re-check the build in DIR for TensorRT (the real parser of TensorRT or "
                              "TensorRT-RTX where one imports, and the operator lint) and print the report")
+    parser.add_argument("--matmulnbits-from", type=Path, metavar="DIR",
+                        help="convert the --weights int4 build in DIR into onnxruntime's com.microsoft.MatMulNBits "
+                             "form, written to --out (default: DIR-matmulnbits): the same int4 values repacked, "
+                             "no second quantization; it loads faster on onnxruntime and runs nowhere else "
+                             "(TensorRT builds refuse it)")
+    parser.add_argument("--int4-accuracy-level", type=int, default=None, choices=[0, 1, 2, 3, 4],
+                        help="--matmulnbits-from: the MatMulNBits accuracy_level, how onnxruntime multiplies "
+                             "(0/1 float, 2 fp16, 3 bf16, 4 int8 activations per block: the default, the fastest "
+                             "on CPU)")
     parser.add_argument("--json", action="store_true", help="print the manifest (or the check's report) as JSON")
     return parser
 
@@ -213,11 +225,36 @@ def _print_check(check) -> None:
         print(f"  lint warning: {issue.message}")
 
 
+def convert_to_matmulnbits(args) -> int:
+    from ..export.int4_matmulnbits import DEFAULT_ACCURACY_LEVEL, to_matmulnbits
+
+    source = args.matmulnbits_from
+    out = args.out or source.with_name(f"{source.name}-matmulnbits")
+    level = DEFAULT_ACCURACY_LEVEL if args.int4_accuracy_level is None else args.int4_accuracy_level
+    started = time.perf_counter()
+    manifest = to_matmulnbits(source, out, accuracy_level=level, force=args.force)
+    if args.json:
+        print(json.dumps(manifest, indent=1))
+        return 0
+    converted = [g for g in manifest["graphs"] if g.get("matmulnbits")]
+    total = sum(g["bytes"] for g in manifest["graphs"])
+    print(f"{sum(g['matmulnbits'] for g in converted)} int4 MatMuls in {len(converted)} graphs "
+          f"({', '.join(g['name'] for g in converted)}) now MatMulNBits at accuracy level {level}: "
+          f"{len(manifest['graphs'])} graphs, {_size(total)} in {out} after {time.perf_counter() - started:.0f} s")
+    print("runs on onnxruntime only (a contrib op): build TensorRT engines from the source build")
+    return 0
+
+
 def run(args) -> int:
     from ..export.exporter import DEFAULT_MAX_TEXT_TOKENS, export_model
 
     if args.check_trt is not None:
         return check_trt(args.check_trt, as_json=args.json)
+    if args.matmulnbits_from is not None:
+        return convert_to_matmulnbits(args)
+    if args.int4_accuracy_level is not None:
+        raise TransPruneError("--int4-accuracy-level applies to --matmulnbits-from only (an exported QDQ build "
+                              "takes the level at run time: transprune-run --int4-accuracy-level)")
     schedule = schedule_from_args(args)
     out = args.out or Path("exports") / f"{Path(args.model).name}-{schedule.name}"
     bar = ProgressBar()
@@ -238,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.check_trt is not None and args.out is not None:
         print(f"{PROG}: error: --check-trt inspects an existing build; it takes no --out", file=sys.stderr)
+        return 2
+    if args.check_trt is not None and args.matmulnbits_from is not None:
+        print(f"{PROG}: error: --check-trt and --matmulnbits-from are two commands; give one", file=sys.stderr)
         return 2
     return run_user_command(PROG, lambda: run(args))
 

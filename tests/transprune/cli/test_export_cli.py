@@ -184,3 +184,49 @@ def test_disk_filling_up_midway_leaves_nothing(tmp_path, tiny_checkpoint, capsys
 def test_check_trt_takes_no_out(tmp_path, capsys):
     assert main(["--check-trt", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "takes no --out" in capsys.readouterr().err
+
+
+def test_matmulnbits_from_converts_an_int4_build_that_then_runs(int4_build, tmp_path, capsys):
+    from transprune.cli.run import main as run_main
+
+    source, _ = int4_build
+    out = tmp_path / "nbits"
+    assert main(["--matmulnbits-from", str(source), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "now MatMulNBits at accuracy level 4" in report and "onnxruntime only" in report
+    weights = json.loads((out / MANIFEST).read_text())["weights"]
+    assert (weights["form"], weights["accuracy_level"]) == ("MatMulNBits", 4)
+    assert weights["converted_from"]["manifest_sha256"] == sha256(source / MANIFEST)
+    assert run_main([str(out), "--image", str(_sample_png(tmp_path)), "--prompt", "What is it?",
+                     "--max-new-tokens", "2", "--threads", "1", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["tokens"]) >= 1
+    # again: the build is there (--force replaces it, being a build this wrote), at another level
+    assert "already exists; pass --force" in _user_error(["--matmulnbits-from", str(source), "--out", str(out)], capsys)
+    assert main(["--matmulnbits-from", str(source), "--out", str(out), "--force", "--int4-accuracy-level", "0"]) == 0
+    assert json.loads((out / MANIFEST).read_text())["weights"]["accuracy_level"] == 0
+
+
+def test_matmulnbits_from_refuses_what_it_cannot_convert_and_writes_nothing(paper_build, int4_build, tmp_path, capsys):
+    source, _ = int4_build
+    err = _user_error(["--matmulnbits-from", str(paper_build[0]), "--out", str(tmp_path / "x")], capsys)
+    assert "does not hold int4 weights" in err and "--weights int4" in err
+    assert "is the source build" in _user_error(["--matmulnbits-from", str(source), "--out", str(source)], capsys)
+    assert "lies inside the source build" in _user_error(
+        ["--matmulnbits-from", str(source), "--out", str(source / "nbits")], capsys)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    err = _user_error(["--matmulnbits-from", str(source), "--out", str(tmp_path / "mine"), "--force"], capsys)
+    assert "not a transprune build" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no staging left behind
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert "applies to --matmulnbits-from only" in _user_error(["--int4-accuracy-level", "0"], capsys)
+    assert main(["--check-trt", str(source), "--matmulnbits-from", str(source)]) == 2
+    assert "two commands" in capsys.readouterr().err
+
+
+def _sample_png(tmp_path):
+    from transprune.sample_image import sample_image
+
+    path = tmp_path / "sample.png"
+    sample_image().save(path)
+    return path
