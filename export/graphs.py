@@ -138,9 +138,15 @@ class PrefillInputsGraph(nn.Module):
 class SegmentGraph(nn.Module):
     """Decoder layers first..last (1-based) for prefill (P = 0) and decode alike.
 
-    hidden [B, S, D], position_ids [B, S], attention_mask [B, P+S], past key/value per layer
-    [B, Hkv, P, E] -> hidden [B, S, D], present key/value per layer [B, Hkv, P+S, E], and, when
-    the segment has TTV accumulation layers, ttv [B, S] (their summed Token Transition Variation).
+    hidden [B, S, D], position_ids [B, S], attention_mask [B, P+G+S], then per layer past
+    key/value [B, Hkv, P, E] (the prompt's), then per layer gen key/value [B, Hkv, G, E] (the
+    tokens generated since) -> hidden [B, S, D], the new tokens' key/value per layer
+    [B, Hkv, S, E], and, when the segment has TTV accumulation layers, ttv [B, S] (their summed
+    Token Transition Variation).
+
+    The host keeps each cache in one buffer: the prompt's block, which prefill (P = G = 0) writes
+    as its output, then a block with room for every token to be generated, filled one slot per
+    decode step; ``attention_mask`` marks its slots not written yet with 0 (runtime/kv_pool.py).
     """
 
     def __init__(self, weights: dict, *, first: int, last: int, text_config: dict, ttv_layers: tuple[int, ...]) -> None:
@@ -160,19 +166,22 @@ class SegmentGraph(nn.Module):
     def has_ttv(self) -> bool:
         return bool(self.ttv_layers)
 
-    def forward(self, hidden, position_ids, attention_mask, *past):
+    def forward(self, hidden, position_ids, attention_mask, *caches):
         new_tokens = hidden.shape[1]
         cos, sin = rotary(position_ids, self.head_dim, self.theta, hidden.dtype)
         mask = additive_causal_mask(attention_mask, new_tokens, hidden.dtype)
         token_mask = attention_mask[:, -new_tokens:]
-        presents, ttv = [], None
+        half = len(caches) // 2
+        past, gen = caches[:half], caches[half:]
+        new_kv, ttv = [], None
         for i, (number, layer) in enumerate(zip(self.layer_numbers, self.layers)):
             want = number in self.ttv_layers
-            hidden, key, value, layer_ttv = layer(hidden, cos, sin, mask, past[2 * i], past[2 * i + 1], token_mask, want)
-            presents += [key, value]
+            cached = [(past[2 * i], past[2 * i + 1]), (gen[2 * i], gen[2 * i + 1])]
+            hidden, key, value, layer_ttv = layer(hidden, cos, sin, mask, cached, token_mask, want)
+            new_kv += [key, value]
             if want:
                 ttv = layer_ttv if ttv is None else ttv + layer_ttv
-        outputs = (hidden, *presents)
+        outputs = (hidden, *new_kv)
         return (*outputs, ttv) if self.has_ttv else outputs
 
 

@@ -66,19 +66,39 @@ class Attention(nn.Module):
         batch, seq, _ = x.shape
         return proj(x).view(batch, seq, heads, self.head_dim).transpose(1, 2)  # [B, H, S, E]
 
-    def forward(self, x, cos, sin, mask, past_key, past_value):
+    def forward(self, x, cos, sin, mask, cached):
+        """-> (attention output, the new tokens' keys and values [B, Hkv, S, E]).
+
+        ``cached``: (keys, values) blocks [B, Hkv, P_i, E] in sequence order (the prompt's, then
+        the generated tokens'), which the new tokens attend to after them. The blocks are attended
+        to one by one and never concatenated, so the cache stays where the host keeps it (one
+        buffer per cache, runtime/kv_pool.py) and a decode step reads it once instead of copying
+        it into a longer tensor. Only the scores, [B, H, S, sum P_i + S], are joined.
+        """
         q = apply_rotary(self.project(x, self.q_proj, self.num_heads), cos, sin)
         k = apply_rotary(self.project(x, self.k_proj, self.num_kv_heads), cos, sin)
         v = self.project(x, self.v_proj, self.num_kv_heads)
-        key = torch.cat([past_key, k], dim=2)  # [B, Hkv, P+S, E]
-        value = torch.cat([past_value, v], dim=2)
+        batch, seq = x.shape[0], x.shape[1]
         group = self.num_heads // self.num_kv_heads
-        k_all = key.repeat_interleave(group, dim=1) if group > 1 else key
-        v_all = value.repeat_interleave(group, dim=1) if group > 1 else value
-        scores = torch.matmul(q, k_all.transpose(2, 3)) * (self.head_dim ** -0.5) + mask
+        blocks = [*cached, (k, v)]
+        if group > 1:
+            # grouped-query attention: query head h reads kv head h // group. The query heads are
+            # grouped ([B, Hkv, group, S, E]) and the kv heads broadcast, instead of repeating the
+            # cache per query head (a copy of it every call; and a reshape to -1 that an empty
+            # prefill cache makes ambiguous)
+            q = q.view(batch, self.num_kv_heads, group, seq, self.head_dim)
+            blocks = [(key.unsqueeze(2), value.unsqueeze(2)) for key, value in blocks]
+            mask = mask.unsqueeze(1)
+        scale = self.head_dim ** -0.5
+        scores = torch.cat([torch.matmul(q, key.transpose(-1, -2)) for key, _ in blocks], dim=-1) * scale + mask
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-        out = torch.matmul(probs, v_all).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-        return self.o_proj(out), key, value
+        out, start = None, 0
+        for key, value in blocks:
+            end = start + key.shape[-2]
+            part = torch.matmul(probs[..., start:end], value)
+            out, start = part if out is None else out + part, end
+        out = out.reshape(batch, self.num_heads, seq, self.head_dim).transpose(1, 2).reshape(batch, seq, -1)
+        return self.o_proj(out), k, v
 
 
 class MLP(nn.Module):
@@ -100,9 +120,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(weights[f"{prefix}.post_attention_layernorm.weight"], eps)
         self.mlp = MLP(weights, f"{prefix}.mlp")
 
-    def forward(self, hidden, cos, sin, mask, past_key, past_value, token_mask=None, want_ttv=False):
+    def forward(self, hidden, cos, sin, mask, cached, token_mask=None, want_ttv=False):
         attn_in = self.input_layernorm(hidden)
-        attn_out, key, value = self.self_attn(attn_in, cos, sin, mask, past_key, past_value)
+        attn_out, key, value = self.self_attn(attn_in, cos, sin, mask, cached)
         hidden = hidden + attn_out
         ffn_in = self.post_attention_layernorm(hidden)
         ffn_out = self.mlp(ffn_in)

@@ -20,7 +20,8 @@ from .specs import GraphSpec
 from .weight_layout import fold_weight_transposes
 from .weights import MetaWeights
 
-AXIS_RANGES = {"batch": (1, 64), "seq": (1, 8192), "past": (0, 8192), "total": (1, 16384), "alive": (1, 8192),
+AXIS_RANGES = {"batch": (1, 64), "seq": (1, 8192), "past": (0, 8192), "gen": (0, 8192), "total": (1, 24576),
+               "alive": (1, 8192),
                "tiles": (1, 320), "image": (1, 8192)}
 EXTERNAL_DATA_BYTES = 1 << 30  # graphs with more weights than this keep them in a .data file
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16"}  # the manifest's names of the export dtypes

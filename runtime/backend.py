@@ -47,12 +47,14 @@ class KVCache:
 
 
 class ArrayCache(KVCache):
-    """The plain cache: the present_* outputs of one call are the past_* inputs of the next."""
+    """The plain cache (the torch reference backend): the prompt block and the generated block as
+    arrays of exactly their length, each decode call's new keys/values appended on the host;
+    simple, and a copy per call."""
 
     def __init__(self, segment: SegmentInfo, batch: int, capacity: int, float_type) -> None:
         super().__init__(segment, batch, capacity)
-        shape = (batch, segment.kv_heads, 0, segment.head_dim)
-        self.past = {past: np.zeros(shape, dtype=float_type) for past, _ in segment.kv}
+        empty = np.zeros((batch, segment.kv_heads, 0, segment.head_dim), dtype=float_type)
+        self.blocks = {name: empty for past, gen, _ in segment.kv for name in (past, gen)}
 
 
 class Backend:
@@ -101,8 +103,10 @@ class Backend:
     def run_segment(self, segment: SegmentInfo, feeds: dict[str, np.ndarray], cache: KVCache) -> dict:
         """Runs a segment on ``feeds`` (hidden, position_ids, attention_mask) over ``cache``, which
         grows by the new tokens; returns the other outputs (hidden_out, and ttv where it has one)."""
-        out = self.run(segment.name, {**feeds, **cache.past})
-        cache.past = {past: out.pop(present) for past, present in segment.kv}
+        out = self.run(segment.name, {**feeds, **cache.blocks})
+        for past, gen, new in segment.kv:
+            block = past if cache.length == 0 else gen  # prefill's output is the prompt block
+            cache.blocks[block] = np.concatenate([cache.blocks[block], np.asarray(out.pop(new))], axis=2)
         cache.length += feeds["hidden"].shape[1]
         return out
 

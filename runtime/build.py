@@ -65,7 +65,7 @@ class SegmentInfo:
     graph: GraphInfo
     index: int
     layers: tuple[int, int]  # 1-based, inclusive
-    kv: tuple[tuple[str, str], ...]  # (past input, present output) per layer and part
+    kv: tuple[tuple[str, str, str], ...]  # (prompt block input, generated block input, new output) per layer and part
     kv_heads: int
     head_dim: int
     position_shift: int | None  # image tokens pruned before this segment ran (None: per image, anyres)
@@ -142,7 +142,7 @@ class Build:
         for graph in graphs.values():
             if graph.kind == "segment":
                 inputs = {t.name: t for t in graph.inputs}
-                kv = tuple((past, present) for past, present in graph.attrs["kv"])
+                kv = tuple((past, gen, new) for past, gen, new in graph.attrs["kv"])
                 _, heads, _, head_dim = inputs[kv[0][0]].axes
                 heads = _bounded(heads, 1, MAX_HEADS, f"{graph.name}'s key/value heads")
                 head_dim = _bounded(head_dim, 1, MAX_HEAD_DIM, f"{graph.name}'s head size")

@@ -1,18 +1,29 @@
-"""Double-buffered, pooled KV cache memory: what the onnxruntime and TensorRT backends share.
+"""Pooled KV cache memory, one buffer per cache part: what the onnxruntime and TensorRT backends share.
 
-Why two buffers: a segment graph returns ``present = concat(past, new)``. Fed naively, every
-decoded token allocates a fresh copy of every layer's whole cache. Instead each cache part (a
-segment's past key or value input) owns two flat buffers sized for the whole generation (prompt +
-new tokens); a call reads ``past`` from one and the backend binds ``present`` straight into the
-other (by pointer), then the two swap. Nothing is allocated per token.
+A segment graph reads a layer's cache as two blocks, the prompt's keys/values (``past_*``,
+[B, Hkv, P, E]) and the generated tokens' (``gen_*``, [B, Hkv, G, E]), and returns only the new
+tokens' (``new_*``, [B, Hkv, S, E]); attention runs over the blocks and the new tokens without
+concatenating them (export/modules.py). So each cache part (a layer's key or value) owns one
+buffer, sized at prefill for the whole generation, holding both blocks one after the other:
 
-Why a pool: the buffers outlive a generation. They are keyed by (segment index, past input name,
-side), grown (never shrunk) when a generation needs more, and reused by every later generation
-that fits in them. A cache of an earlier generation may therefore share memory with the current
-one, which is why the backends refuse to run a cache whose ``generation`` is not theirs.
+* prefill reads empty blocks and writes its output, the prompt's keys/values, straight into the
+  start of the buffer (bound by pointer: no copy), which is then the prompt block;
+* the rest of the buffer is the generated block, with a slot for every token to be generated;
+  each decode step reads both blocks in place (the attention mask marks the generated slots not
+  written yet) and the backend writes the step's new keys/values into the next slot (one strided
+  copy of one position per cache).
 
-The backends differ only in what a buffer is: an onnxruntime ``OrtValue`` (host or CUDA memory,
-sized in elements) or a TensorRT device allocation (sized in bytes). They pass in how to allocate
+The former graphs returned ``present = concat(past, new)``, which copied every cache on every
+token into a second buffer of the same size: twice the KV memory and traffic.
+
+Why a pool: the buffers outlive a generation. They are keyed by (segment index, past input name),
+grown (never shrunk) when a generation needs more, and reused by every later generation that fits
+in them. A cache of an earlier generation may therefore share memory with the current one, which
+is why the backends refuse to run a cache whose ``generation`` is not theirs. A buffer is zeroed
+when allocated: slots not written yet are masked, but must hold no NaN (``0 * NaN`` is NaN).
+
+The backends differ only in what a buffer is: a numpy array or an onnxruntime ``OrtValue``
+(sized in elements) or a TensorRT device allocation (sized in bytes). They pass in how to allocate
 one, read its size and release it.
 """
 
@@ -21,11 +32,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
+import numpy as np
+
+from transprune.errors import TransPruneError
+
 from .backend import KVCache
 from .build import SegmentInfo
 
 Buffer = TypeVar("Buffer")
-PoolKey = tuple[int, str, int]  # (segment index, past input name, side 0 or 1)
+PoolKey = tuple[int, str]  # (segment index, past input name)
 
 
 class KVBufferPool(Mapping[PoolKey, Buffer], Generic[Buffer]):
@@ -54,10 +69,9 @@ class KVBufferPool(Mapping[PoolKey, Buffer], Generic[Buffer]):
             self._buffers[key] = buffer
         return buffer
 
-    def segment_buffers(self, segment: SegmentInfo, size: int) -> dict[str, list[Buffer]]:
-        """{past input name: [side 0, side 1]} for one segment's cache, every buffer at least ``size``."""
-        return {past: [self.buffer((segment.index, past, side), size) for side in (0, 1)]
-                for past, _ in segment.kv}
+    def segment_buffers(self, segment: SegmentInfo, size: int) -> dict[str, Buffer]:
+        """{past input name: buffer} for one segment's cache, every buffer at least ``size``."""
+        return {past: self.buffer((segment.index, past), size) for past, _, _ in segment.kv}
 
     def clear(self) -> None:
         """Releases every buffer (the backend is closing)."""
@@ -75,21 +89,54 @@ class KVBufferPool(Mapping[PoolKey, Buffer], Generic[Buffer]):
         return len(self._buffers)
 
 
-class DoubleBufferedCache(KVCache):
-    """A segment's cache in pool buffers: two flat buffers per cache part. The valid
-    ``[B, H, length, E]`` cache lives at the start of the read side; a call writes
-    ``[B, H, length + new, E]`` to the other side, which then becomes the read side (``flip``)."""
+class AppendCache(KVCache):
+    """A segment's cache in pool buffers, one per cache part: the prompt block [B, Hkv, P, E] at
+    the start (written by prefill), then the generated block [B, Hkv, G, E] (G = capacity - P),
+    whose first ``length - P`` slots are written."""
 
-    def __init__(self, segment: SegmentInfo, batch: int, capacity: int, buffers: dict[str, list],
-                 generation: int) -> None:
+    def __init__(self, segment: SegmentInfo, batch: int, capacity: int, buffers: dict, generation: int) -> None:
         super().__init__(segment, batch, capacity, generation)
-        self.buffers, self.reading = buffers, 0  # past name -> [side 0, side 1]; the side read next
+        self.buffers = buffers  # past name -> buffer
+        self.prompt = 0  # P, set by the prefill call
 
-    def sides(self, past: str):
-        """(read side, write side) of the cache part fed as ``past``."""
-        pair = self.buffers[past]
-        return pair[self.reading], pair[1 - self.reading]
+    @property
+    def generated_room(self) -> int:
+        return self.capacity - self.prompt
 
-    def flip(self) -> None:
-        """After a call: what was written is read next."""
-        self.reading = 1 - self.reading
+    def block_shapes(self, new: int) -> tuple[tuple, tuple]:
+        """Shapes of the (prompt, generated) blocks a call with ``new`` tokens reads: both empty at prefill."""
+        batch, heads, dim = self.batch, self.segment.kv_heads, self.segment.head_dim
+        if self.length == 0:
+            return (batch, heads, 0, dim), (batch, heads, 0, dim)
+        return (batch, heads, self.prompt, dim), (batch, heads, self.generated_room, dim)
+
+    def generated_offset(self) -> int:
+        """Elements from a buffer's start to its generated block."""
+        return self.batch * self.segment.kv_heads * self.prompt * self.segment.head_dim
+
+    def check_room(self, new: int) -> None:
+        if self.length + new > self.capacity:
+            raise TransPruneError(f"{self.segment.name}: {self.length + new} cached positions exceed the "
+                                  f"{self.capacity} allocated for this generation")
+
+    def written(self, new: int) -> None:
+        """After a call: prefill's output is the prompt block; later calls filled generated slots."""
+        if self.length == 0:
+            self.prompt = new
+        self.length += new
+
+
+def buffer_mask(cache: AppendCache, key_mask: np.ndarray, new: int) -> np.ndarray:
+    """The attention mask of a decode call over ``cache``'s two blocks: [B, P + G + new].
+
+    ``key_mask`` is the chain's [B, length + new] mask (1: a real token, 0: left padding); the
+    generated block's slots not written yet get 0."""
+    batch, length, prompt = key_mask.shape[0], cache.length, cache.prompt
+    if key_mask.shape[1] != length + new:
+        raise TransPruneError(f"{cache.segment.name}: the attention mask covers {key_mask.shape[1]} positions, the "
+                              f"cache holds {length} and the call brings {new}")
+    end = prompt + cache.generated_room
+    mask = np.zeros((batch, end + new), dtype=np.int64)
+    mask[:, :length] = key_mask[:, :length]
+    mask[:, end:] = key_mask[:, length:]
+    return mask

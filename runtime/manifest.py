@@ -26,7 +26,9 @@ MANIFEST = "manifest.json"
 # 2: prompt and image_preprocess sections (the torch-free runtime)
 # 3: LLaVA-NeXT (anyres) builds; limits.image_tokens is a {min, max} range, scorers carry keep_ratio
 # 4: every graph's ONNX metadata carries its identity (graph_identity); older builds lack it
-SCHEMA_VERSION = 4
+# 5: segments return only the new tokens' keys/values (new_*, appended to one cache buffer by the
+#    host) instead of present = concat(past, new)
+SCHEMA_VERSION = 5
 MAX_MANIFEST_BYTES = 16 << 20  # a 7B build's manifest is about 60 kB; anything near this is not one
 MAX_NESTING = 32  # the deepest a manifest nests is about 6 levels (model config)
 

@@ -1,13 +1,12 @@
 """The onnxruntime backend: one session per graph; segment KV caches in preallocated buffers.
 
-Why the caches are bound by pointer: a segment graph returns ``present = concat(past, new)``.
-Fed naively, every decoded token allocates a fresh copy of every layer's whole cache. Here each
-cache part owns two flat buffers sized for the whole generation (prompt + new tokens); a call
-reads ``past`` from one and onnxruntime writes ``present`` straight into the other (IO binding
-with raw pointers, shaped per call), then the two swap. Nothing is allocated per token, and the
-same code serves the CPU and CUDA execution providers (the buffers live on the provider's device).
-Buffers are pooled and reused by later generations that fit in them (``kv_pool``, shared with the
-TensorRT backend).
+Each cache part owns one buffer sized for the whole generation (``kv_pool`` says why, and is
+shared with the TensorRT backend): prefill writes the prompt's keys/values straight into its start
+(the output bound by pointer), each decode step reads both blocks in place and the backend writes
+the step's new keys/values into the next generated slot. Nothing is allocated per token but the
+new position's few values. Buffers are pooled and reused by later generations that fit in them. On
+the CPU provider a buffer is a numpy array; on CUDA, a device OrtValue, written with one strided
+device copy (``device_copy``).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from transprune.errors import TransPruneError
 
 from .backend import Backend, KVCache, check_threads
 from .build import Build, SegmentInfo
-from .kv_pool import DoubleBufferedCache, KVBufferPool
+from .kv_pool import AppendCache, KVBufferPool, buffer_mask
 
 # the execution providers a user may pick, by short name, and the device their buffers live on
 PROVIDERS = {"cpu": ("CPUExecutionProvider", "cpu"), "cuda": ("CUDAExecutionProvider", "cuda"),
@@ -79,14 +78,22 @@ class OrtBackend(Backend):
             # names read once here, not on every call in the decode loop
             self.inputs[graph.name] = frozenset(found[0])
             self.outputs[graph.name] = [o.name for o in session.get_outputs()]
-        # a segment's outputs other than its cache, bound per call after the presents
-        cache_outputs = {present for segment in build.segments for _, present in segment.kv}
-        self.uncached = {name: [o for o in outputs if o not in cache_outputs] for name, outputs in self.outputs.items()}
-        # (segment, past name, side) -> flat OrtValue of model-dtype values on the provider's device,
-        # sized in elements (the closure holds no reference to the backend: no cycle keeps it alive)
-        new_value, float_type, device = ort.OrtValue.ortvalue_from_shape_and_type, build.float_type, self.device
-        self._pool = KVBufferPool(allocate=lambda elements: new_value([max(elements, 1)], float_type, device, 0),
-                                  size_of=lambda buffer: buffer.shape()[0])
+        # the segment outputs that are not new keys/values, fetched after them in every call
+        kv_outputs = {new for segment in build.segments for _, _, new in segment.kv}
+        self.uncached = {name: [o for o in outputs if o not in kv_outputs] for name, outputs in self.outputs.items()}
+        # (segment, past name) -> flat buffer of model-dtype values on the provider's device, sized
+        # in elements (the closures hold no reference to the backend: no cycle keeps it alive)
+        # Zeroed when allocated: unwritten slots are masked out of attention, but must not hold NaN
+        # bits, which 0 * value would carry into the output (kv_pool)
+        float_type = build.float_type
+        new_buffer = self._new_buffer = lambda elements: np.zeros(max(elements, 1), dtype=float_type)
+        from_numpy, device = ort.OrtValue.ortvalue_from_numpy, self.device
+        new_value = self._new_device_value = lambda shape: from_numpy(np.zeros(shape, dtype=float_type), device, 0)
+        if self.device == "cpu":
+            self._pool = KVBufferPool(allocate=new_buffer, size_of=lambda buffer: buffer.size)
+        else:
+            self._pool = KVBufferPool(allocate=lambda elements: new_value([max(elements, 1)]),
+                                      size_of=lambda buffer: buffer.shape()[0])
 
     def run(self, graph: str, feeds: dict) -> dict:
         wanted = self.inputs[graph]
@@ -95,49 +102,113 @@ class OrtBackend(Backend):
 
     def new_cache(self, segment: SegmentInfo, *, batch: int, capacity: int) -> KVCache:
         elements = batch * segment.kv_heads * capacity * segment.head_dim
-        buffers = self._pool.segment_buffers(segment, elements)
-        return _BoundCache(segment, batch, capacity, buffers, self.generation)
+        cache = _BoundCache(segment, batch, capacity, self._pool.segment_buffers(segment, elements), self.generation)
+        cache.itemsize = np.dtype(self.build.float_type).itemsize
+        return cache
 
     def run_segment(self, segment: SegmentInfo, feeds: dict, cache: "_BoundCache") -> dict:
         if cache.generation != self.generation:
             raise TransPruneError("this generation was superseded by a newer one on the same pipeline, which reuses "
                                   "its cache memory; finish one stream before starting the next")
         new = feeds["hidden"].shape[1]
-        total = cache.length + new
-        if total > cache.capacity:
-            raise TransPruneError(f"{segment.name}: {total} cached positions exceed the {cache.capacity} "
-                                  f"allocated for this generation")
-        session = self.sessions[segment.name]
-        binding = session.io_binding()
-        for name in ("hidden", "position_ids", "attention_mask"):
-            binding.bind_cpu_input(name, np.ascontiguousarray(feeds[name]))
-        dtype, heads, head_dim = self.build.float_type, segment.kv_heads, segment.head_dim
-        for past, present in segment.kv:
-            read, write = cache.sides(past)
-            binding.bind_input(past, self.device, 0, dtype, [cache.batch, heads, cache.length, head_dim],
-                               read.data_ptr())
-            binding.bind_output(present, self.device, 0, dtype, [cache.batch, heads, total, head_dim],
-                                write.data_ptr())
-        others = self.uncached[segment.name]
-        for name in others:
+        cache.check_room(new)
+        prefill = cache.length == 0
+        mask = feeds["attention_mask"] if prefill else buffer_mask(cache, feeds["attention_mask"], new)
+        binding = self._prefill_binding(segment, cache, new) if prefill else self._decode_binding(segment, cache, new)
+        for name, value in (("hidden", feeds["hidden"]), ("position_ids", feeds["position_ids"]),
+                            ("attention_mask", mask)):
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        self.sessions[segment.name].run_with_iobinding(binding)
+        values = binding.get_outputs()  # in binding order: the new keys/values, then the others
+        if not prefill:
+            for past, _, new_name in segment.kv:
+                cache.append(past, cache.scratch[new_name], new)
+        cache.written(new)
+        return {name: value.numpy() for name, value in zip(self.uncached[segment.name], values[len(segment.kv):])}
+
+    def _prefill_binding(self, segment: SegmentInfo, cache: "_BoundCache", new: int):
+        """Empty blocks in; the prompt's keys/values out, straight into the start of each buffer."""
+        binding = self.sessions[segment.name].io_binding()
+        empty = [cache.batch, segment.kv_heads, 0, segment.head_dim]
+        new_shape = [cache.batch, segment.kv_heads, new, segment.head_dim]
+        for past, gen, new_name in segment.kv:
+            start = cache.pointer(past)
+            binding.bind_input(past, self.device, 0, self.build.float_type, empty, start)
+            binding.bind_input(gen, self.device, 0, self.build.float_type, empty, start)
+            binding.bind_output(new_name, self.device, 0, self.build.float_type, new_shape, start)
+        for name in self.uncached[segment.name]:
             binding.bind_output(name, "cpu")
-        session.run_with_iobinding(binding)
-        values = binding.get_outputs()  # in binding order: the presents, then the others
-        out = {name: value.numpy() for name, value in zip(others, values[len(segment.kv):])}
-        cache.flip()
-        cache.length = total
-        return out
+        return binding
+
+    def _decode_binding(self, segment: SegmentInfo, cache: "_BoundCache", new: int):
+        """Both blocks in place, the new keys/values into small scratch tensors: the same pointers
+        and shapes every step, so the binding is made once per generation and only the three
+        per-token inputs are bound again."""
+        if cache.decode_binding is not None and cache.decode_binding[0] == new:
+            return cache.decode_binding[1]
+        binding = self.sessions[segment.name].io_binding()
+        dtype, device = self.build.float_type, self.device
+        prompt_shape, generated_shape = cache.block_shapes(new)
+        new_shape = [cache.batch, segment.kv_heads, new, segment.head_dim]
+        cache.scratch = {}
+        for past, gen, new_name in segment.kv:
+            start = cache.pointer(past)
+            binding.bind_input(past, device, 0, dtype, list(prompt_shape), start)
+            binding.bind_input(gen, device, 0, dtype, list(generated_shape), start + cache.generated_offset_bytes())
+            scratch = cache.scratch[new_name] = self._new_buffer(int(np.prod(new_shape))).reshape(new_shape) \
+                if device == "cpu" else self._new_device_value(new_shape)
+            binding.bind_output(new_name, device, 0, dtype, new_shape,
+                                scratch.ctypes.data if device == "cpu" else scratch.data_ptr())
+        for name in self.uncached[segment.name]:
+            binding.bind_output(name, "cpu")
+        cache.decode_binding = (new, binding)
+        return binding
 
     def close(self) -> None:
         self.sessions.clear()
         self._pool.clear()
 
 
-class _BoundCache(DoubleBufferedCache):
-    """Two flat OrtValues per cache part, bound by pointer (see ``kv_pool.DoubleBufferedCache``)."""
+class _BoundCache(AppendCache):
+    """One buffer per cache part (``kv_pool.AppendCache``): a flat numpy array on the CPU provider,
+    a flat device OrtValue on CUDA."""
+
+    itemsize = 4
+    decode_binding = None  # (new tokens per call, the IOBinding every decode step reuses)
+    scratch: dict = {}  # new output name -> where the decode binding writes it (numpy, or an OrtValue on CUDA)
+
+    def pointer(self, past: str) -> int:
+        buffer = self.buffers[past]
+        return buffer.ctypes.data if isinstance(buffer, np.ndarray) else buffer.data_ptr()
+
+    def generated_offset_bytes(self) -> int:
+        return self.generated_offset() * self.itemsize
+
+    def append(self, past: str, new, count: int) -> None:
+        """Writes ``new`` ([B, Hkv, count, E]: a numpy array, or an OrtValue on CUDA) into the next
+        slots of the generated block."""
+        batch, heads, dim, room = self.batch, self.segment.kv_heads, self.segment.head_dim, self.generated_room
+        slot = self.length - self.prompt
+        buffer = self.buffers[past]
+        if isinstance(buffer, np.ndarray):
+            offset = self.generated_offset()
+            block = buffer[offset:offset + batch * heads * room * dim].reshape(batch, heads, room, dim)
+            block[:, :, slot:slot + count] = new
+            return
+        from .device_copy import copy_2d  # CUDA: each (sample, head) row is one run of count * E values
+
+        item = self.itemsize
+        copy_2d(dst=self.pointer(past) + (self.generated_offset() + slot * dim) * item, dst_pitch=room * dim * item,
+                src=new.data_ptr(), src_pitch=count * dim * item, width=count * dim * item, height=batch * heads)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The cached keys/values as numpy arrays [B, H, length, E] (copies; CPU provider only)."""
-        shape = (self.batch, self.segment.kv_heads, self.length, self.segment.head_dim)
-        count = int(np.prod(shape))
-        return {past: pair[self.reading].numpy()[:count].reshape(shape).copy() for past, pair in self.buffers.items()}
+        """The cached keys/values as numpy arrays [B, H, length, E], both blocks joined (copies;
+        CPU provider only)."""
+        batch, heads, dim, room = self.batch, self.segment.kv_heads, self.segment.head_dim, self.generated_room
+        out = {}
+        for past, buffer in self.buffers.items():
+            prompt = buffer[:self.generated_offset()].reshape(batch, heads, self.prompt, dim)
+            offset = self.generated_offset()
+            generated = buffer[offset:offset + batch * heads * room * dim].reshape(batch, heads, room, dim)
+            out[past] = np.concatenate([prompt, generated[:, :, :self.length - self.prompt]], axis=2)
+        return out

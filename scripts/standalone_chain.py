@@ -43,12 +43,15 @@ The protocol, in short (graph names are the manifest's, shapes: B batch, S token
             prefill_inputs(embeddings, input_ids, attention_mask, image_features)
                 -> hidden, position_ids, image_start
             for each segment s (layers first..last), in manifest order:
-                segment_s(hidden, position_ids, attention_mask, past_* = empty) -> hidden_out, present_*[, ttv]
-                keep present_* as segment s's KV cache, and the mask it ran with as its key mask
+                segment_s(hidden, position_ids, attention_mask, past_* = gen_* = empty)
+                    -> hidden_out, new_*[, ttv]
+                keep new_* as segment s's prompt block (past_*), and the mask it ran with as its key mask
                 if a scorer follows: scorer_s(...) -> a shorter sequence (pruned image tokens
                     removed), renumbered positions, the shorter mask, the kept image indices
             head(hidden) -> logits of the last position
-  decode    embed(token) -> hidden [B, 1, D]; through every segment with its own cache; head.
+  decode    embed(token) -> hidden [B, 1, D]; through every segment with its own cache (past_* the
+            prompt block, gen_* the keys/values of the tokens generated so far, each step's new_*
+            appended to gen_*); head.
 
 Pruning changes the sequence length between segments, so every segment has its own KV cache
 length, its own key mask and its own position numbering -- see ``decode_step``.
@@ -70,7 +73,7 @@ import onnxruntime as ort
 # against the manifest so that swapped files are refused; a host that trusts its build directory
 # may ignore it, as this one does. Int4 builds (manifest "weights") need nothing else here: their
 # graphs are standard ONNX (DequantizeLinear + MatMul) that onnxruntime runs as they are.
-SUPPORTED_SCHEMA = 4
+SUPPORTED_SCHEMA = 5  # 5: segments take a prompt block and a generated block and return new_* only
 # The manifest's top-level "dtype" names the model dtype; tensor specs say "float" for it.
 MODEL_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 SPEC_DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
@@ -187,36 +190,45 @@ class Segment:
     """A segment graph plus what the host keeps for it between calls.
 
     Each segment runs after a different number of prunes, so each has its own sequence: its KV
-    cache (present_* outputs, fed back as past_* inputs), its key mask [B, T_s] (1 = real token,
+    cache (prefill's new_* outputs fed back as the past_* prompt block, every later call's new_*
+    appended to the gen_* block: this host keeps both as arrays of exactly their length, the
+    simplest way; transprune's runtime keeps one preallocated buffer each), its key mask [B, T_s] (1 = real token,
     0 = left padding; one column per cached position) and the number of image tokens that had
     been removed before it ran (``removed``), which shifts its positions.
     """
 
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
-        # the cache pairs (past input fed back from present output), listed by the manifest
-        self.kv = [tuple(pair) for pair in graph.attrs["kv"]]
-        for _, present in self.kv:
-            if present not in graph.outputs:
-                raise BuildError(f"graph {graph.name!r} has no output {present!r} for its cache input")
+        # the cache triples (prompt block input, generated block input, new output), listed by the manifest
+        self.kv = [tuple(triple) for triple in graph.attrs["kv"]]
+        for _, _, new in self.kv:
+            if new not in graph.outputs:
+                raise BuildError(f"graph {graph.name!r} has no output {new!r} for its cache input")
         self.cache: dict[str, np.ndarray] = {}
         self.key_mask: np.ndarray | None = None
         self.removed = 0
 
     def empty_cache(self, batch: int) -> dict:
-        """Zero-length past tensors for prefill, shaped from the manifest's axes
-        ("batch", Hkv, "past", head_dim) with batch = B and the "past" axis = 0."""
+        """Zero-length blocks for prefill, shaped from the manifest's axes ("batch", Hkv, "past" or
+        "gen", head_dim) with batch = B and the length axis 0."""
         feeds = {}
-        for past, _ in self.kv:
-            spec = self.graph.inputs[past]
-            sizes = {"batch": batch, "past": 0}
-            shape = tuple(axis if isinstance(axis, int) else sizes[axis] for axis in spec["axes"])
-            feeds[past] = np.zeros(shape, dtype=self.graph.input_dtypes[past])
+        for past, gen, _ in self.kv:
+            for name in (past, gen):
+                spec = self.graph.inputs[name]
+                sizes = {"batch": batch, "past": 0, "gen": 0}
+                shape = tuple(axis if isinstance(axis, int) else sizes[axis] for axis in spec["axes"])
+                feeds[name] = np.zeros(shape, dtype=self.graph.input_dtypes[name])
         return feeds
 
-    def run(self, hidden, position_ids, key_mask, past: dict) -> dict:
-        out = self.graph.run({"hidden": hidden, "position_ids": position_ids, "attention_mask": key_mask, **past})
-        self.cache = {past_name: out[present] for past_name, present in self.kv}
+    def run(self, hidden, position_ids, key_mask, cache: dict) -> dict:
+        out = self.graph.run({"hidden": hidden, "position_ids": position_ids, "attention_mask": key_mask, **cache})
+        prefill = not any(cache[past].shape[2] for past, _, _ in self.kv)
+        self.cache = dict(cache)
+        for past, gen, new in self.kv:
+            if prefill:
+                self.cache[past] = out[new]
+            else:
+                self.cache[gen] = np.concatenate([cache[gen], out[new]], axis=2)
         return out
 
 

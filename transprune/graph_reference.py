@@ -83,12 +83,14 @@ class ReferenceGraphs:
         seq = hidden.shape[1]
         past = key_mask.shape[1] - seq
         cache = SegmentKVCache(ref.num_layers)
-        # the segment's cache pairs in layer order, key then value (the manifest's ``kv``)
-        pairs = list(zip(segment.kv[0::2], segment.kv[1::2]))
-        for layer, ((past_key, _), (past_value, _)) in zip(range(first, last + 1), pairs):
-            key, value = t[past_key], t[past_value]
+        # the segment's cache triples in layer order, key then value (the manifest's ``kv``): the
+        # prompt block and the generated block, one after the other, are this layer's past
+        triples = list(zip(segment.kv[0::2], segment.kv[1::2]))
+        for layer, ((past_key, gen_key, _), (past_value, gen_value, _)) in zip(range(first, last + 1), triples):
+            key = torch.cat([t[past_key], t[gen_key]], dim=2)
+            value = torch.cat([t[past_value], t[gen_value]], dim=2)
             if key.shape[2] != past:
-                raise TransPruneError(f"{graph}: past length {key.shape[2]} but the mask covers {past} past positions")
+                raise TransPruneError(f"{graph}: cached length {key.shape[2]} but the mask covers {past} past positions")
             if past:
                 cache.update(key, value, layer - 1)
         rope = ref.lm.rotary_emb(hidden, t["position_ids"])
@@ -101,8 +103,8 @@ class ReferenceGraphs:
             if layer_ttv is not None:
                 ttv = layer_ttv if ttv is None else ttv + layer_ttv
         out = {"hidden_out": hidden}
-        for layer, ((_, present_key), (_, present_value)) in zip(range(first, last + 1), pairs):
-            out[present_key], out[present_value] = cache.keys[layer - 1], cache.values[layer - 1]
+        for layer, ((_, _, new_key), (_, _, new_value)) in zip(range(first, last + 1), triples):  # new tokens only
+            out[new_key], out[new_value] = cache.keys[layer - 1][:, :, past:], cache.values[layer - 1][:, :, past:]
         if segment.has_ttv:
             out["ttv"] = ttv
         return out

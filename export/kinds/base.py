@@ -27,7 +27,7 @@ from ..specs import GraphSpec
 
 # Concrete sizes for tracing. Distinct values above 1 so torch.export keeps every named axis
 # symbolic instead of specialising it (0/1 and equal sizes get specialised).
-EXAMPLE_SIZES = {"batch": 2, "seq": 37, "past": 5, "total": 42, "alive": 23, "tiles": 3, "image": 29}
+EXAMPLE_SIZES = {"batch": 2, "seq": 37, "past": 5, "gen": 11, "total": 53, "alive": 23, "tiles": 3, "image": 29}
 
 
 class GraphKind:

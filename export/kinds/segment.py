@@ -1,18 +1,23 @@
-"""Decoder segments: the layers between two prune points, for prefill (past length 0) and decode
+"""Decoder segments: the layers between two prune points, for prefill (no cache) and decode
 alike. A segment that ends at a prune point also outputs the summed TTV of its accumulation
-layers, which the scorer after it reads."""
+layers, which the scorer after it reads.
+
+Each layer's cache comes in as two blocks, the prompt's (``past_*``) and the generated tokens'
+(``gen_*``), and only the new tokens' keys/values go out (``new_*``): the host keeps one buffer per
+cache holding both blocks and writes the new ones into it (runtime/kv_pool.py)."""
 
 from __future__ import annotations
 
 from transprune.schedule import Schedule
 
 from ..specs import GraphSpec, TensorSpec
-from .base import Case, GraphKind
+from .base import EXAMPLE_SIZES, Case, GraphKind
 
 
-def kv_names(layer: int) -> list[tuple[str, str]]:
-    """(past input, present output) of one layer's key, then value: the only place they are spelled."""
-    return [(f"past_{part}.{layer}", f"present_{part}.{layer}") for part in ("key", "value")]
+def kv_names(layer: int) -> list[tuple[str, str, str]]:
+    """(prompt block input, generated block input, new output) of one layer's key, then value: the
+    only place they are spelled."""
+    return [(f"past_{part}.{layer}", f"gen_{part}.{layer}", f"new_{part}.{layer}") for part in ("key", "value")]
 
 
 def spec(facts, schedule: Schedule, index: int) -> GraphSpec:
@@ -30,8 +35,8 @@ def spec(facts, schedule: Schedule, index: int) -> GraphSpec:
     inputs = [TensorSpec("hidden", "float", ("batch", "seq", d)),
               TensorSpec("position_ids", "int64", ("batch", "seq")),
               TensorSpec("attention_mask", "int64", ("batch", "total")),
-              *(cache(past, "past") for past, _ in kv)]
-    outputs = [TensorSpec("hidden_out", "float", ("batch", "seq", d)), *(cache(present, "total") for _, present in kv)]
+              *(cache(past, "past") for past, _, _ in kv), *(cache(gen, "gen") for _, gen, _ in kv)]
+    outputs = [TensorSpec("hidden_out", "float", ("batch", "seq", d)), *(cache(new, "seq") for _, _, new in kv)]
     if ttv_layers and before_prune:
         outputs.append(TensorSpec("ttv", "float32", ("batch", "seq")))
     # a decoded token's position in this segment: its full position minus the image tokens pruned
@@ -61,31 +66,40 @@ class Segment(GraphKind):
 
     def example_inputs(self, spec, ex):
         batch, seq = ex.shape(spec.inputs[0])[:2]
-        return {"position_ids": ex.positions(batch, seq), "attention_mask": ex.ones(ex.shape(spec.inputs[2]))}
+        total = EXAMPLE_SIZES["past"] + EXAMPLE_SIZES["gen"] + seq  # the mask covers both blocks and the new tokens
+        return {"position_ids": ex.positions(batch, seq), "attention_mask": ex.ones([batch, total])}
 
     def validation_cases(self, graph, cases):
         segment = next(s for s in cases.build.segments if s.name == graph.name)
-        # prefill with a whole image span, one decode step over a long past, a short chunk
-        for batch, seq, past in ((2, cases.n_image + 30, 0), (2, 1, cases.n_image + 29), (1, 17, 5)):
-            key_mask = cases.left_padded_mask(batch, past + seq, pad=3)
+        # prefill with a whole image span, one decode step over a long prompt, a short chunk, and a
+        # decode step as the runtime makes it: over the prompt's block and a generated block whose
+        # last slots are not written yet (mask 0)
+        for batch, seq, past, gen, unwritten in ((2, cases.n_image + 30, 0, 0, 0), (2, 1, cases.n_image + 29, 0, 0),
+                                                 (1, 17, 5, 0, 0), (2, 1, cases.n_image + 29, 9, 6)):
+            key_mask = cases.left_padded_mask(batch, past + gen + seq, pad=3)
+            key_mask[:, past + gen - unwritten:past + gen] = 0
             feeds = {"hidden": cases.randn(batch, seq, cases.hidden),
-                     "position_ids": cases.positions(key_mask)[:, past:], "attention_mask": key_mask}
-            for past_name, _ in segment.kv:
+                     "position_ids": cases.positions(key_mask)[:, past + gen:], "attention_mask": key_mask}
+            for past_name, gen_name, _ in segment.kv:
                 feeds[past_name] = cases.randn(batch, segment.kv_heads, past, segment.head_dim)
+                feeds[gen_name] = cases.randn(batch, segment.kv_heads, gen, segment.head_dim)
             # padding rows attend to nothing; their values are never read, so only real tokens count
-            rows = {"present_": key_mask > 0, "": key_mask[:, past:] > 0}
-            yield Case(f"batch {batch}, {seq} new tokens, {past} past", feeds, rows=rows)
+            rows = {"": key_mask[:, past + gen:] > 0}
+            label = (f"batch {batch}, {seq} new tokens, {past} past" +
+                     (f", {gen} generated ({unwritten} not written)" if gen else ""))
+            yield Case(label, feeds, rows=rows)
 
     def trt_axes(self, graph, phase, ctx):
         image = ctx.alive[ctx.segment(graph).index]
         if phase == ctx.PREFILL:
             seq = ctx.text.plus(image)
-            return {"batch": ctx.batch, "seq": seq, "past": ctx.fixed(0), "total": seq}
-        # the cache holds the prompt and every token generated before this one; opt: halfway
-        # through a typical answer
-        past = ctx.range(image.min + ctx.text.min, image.opt + ctx.text.opt + ctx.generated.opt // 2,
-                         image.max + ctx.text.max + ctx.generated.max - 1)
-        return {"batch": ctx.batch, "seq": ctx.one, "past": past, "total": past.plus(1)}
+            return {"batch": ctx.batch, "seq": seq, "past": ctx.fixed(0), "gen": ctx.fixed(0), "total": seq}
+        # the prompt's block, then the generated block: room for every token of the answer (the
+        # runtime sizes it at prefill; its slots not written yet are masked). A host that keeps the
+        # generated block at its exact length (scripts/standalone_chain.py) starts it empty: min 0
+        past = ctx.text.plus(image)
+        gen = ctx.range(0, ctx.generated.opt, ctx.generated.max)
+        return {"batch": ctx.batch, "seq": ctx.one, "past": past, "gen": gen, "total": past.plus(gen).plus(1)}
 
     def reference(self, graphs, name, t):
         return graphs.segment(name, t)

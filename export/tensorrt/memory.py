@@ -2,7 +2,7 @@
 per-target table ``scripts/trt_memory_table.py`` prints.
 
 The estimate adds the engines' weights at the build precision, the KV caches of every layer at
-the largest decode profile (two buffers each, ``profiles.kv_cache_bytes_for``), the builder
+the largest decode profile (one buffer each, ``profiles.kv_cache_bytes_for``), the builder
 workspace (the most any engine may use for activations) and the runtime's overhead, and compares
 the sum with the target's budget (``targets``). ``memory_rows`` computes it from a model preset
 alone, so it covers models too big to export here. Pure arithmetic: no TensorRT, no onnx.

@@ -248,8 +248,8 @@ def build_profiles(build: Build, limits: ShapeLimits, *, merge: bool = False) ->
 
 
 def kv_cache_bytes(build: Build, limits: ShapeLimits) -> int:
-    """Device bytes of every segment's KV cache at the largest decode profile, two buffers each
-    (the runtime reads ``past`` from one and writes ``present`` into the other)."""
+    """Device bytes of every segment's KV cache at the largest decode profile: one buffer per
+    layer's key and value, holding the prompt block and the generated block (runtime/kv_pool.py)."""
     segment_of = {layer: s for s in build.segments for layer in range(s.layers[0], s.layers[1] + 1)}
     layers = sorted(segment_of)
     segment = build.segments[0]
@@ -261,8 +261,8 @@ def kv_cache_bytes(build: Build, limits: ShapeLimits) -> int:
 
 def kv_cache_bytes_for(*, image_tokens_per_layer: list[int], kv_heads: int, head_dim: int, itemsize: int,
                        limits: ShapeLimits) -> int:
-    """Two buffers per key and value of every layer, each holding that layer's image tokens, the
-    longest prompt and the longest answer for ``max_batch`` prompts."""
+    """One buffer per key and value of every layer, holding that layer's image tokens, the longest
+    prompt and the longest answer for ``max_batch`` prompts."""
     per_position = limits.max_batch * kv_heads * head_dim * itemsize
-    return sum(2 * 2 * per_position * (image + limits.max_text_tokens + limits.max_new_tokens)
+    return sum(2 * per_position * (image + limits.max_text_tokens + limits.max_new_tokens)
                for image in image_tokens_per_layer)

@@ -11,11 +11,12 @@
   decode step) and switches the context's profile only when the phase changes.
 - Memory: contexts are created without their own activation memory; one device buffer sized for
   the hungriest engine and profile serves them all, which is safe because every call runs on one
-  CUDA stream, one after another. KV caches are two device buffers per layer and part, sized for
-  the whole generation: TensorRT reads ``past`` from one and writes ``present`` into the other,
-  then they swap (the pool and the swap are ``runtime.kv_pool``, shared with the onnxruntime
-  backend), so nothing is allocated per token. Input and output buffers grow to the largest call
-  and are then reused.
+  CUDA stream, one after another. KV caches are one device buffer per layer and part, sized for
+  the whole generation: TensorRT reads the whole buffer as ``past`` and writes the new tokens'
+  keys/values into a small scratch buffer, which one strided device copy appends to the cache
+  (``runtime.kv_pool``, shared with the onnxruntime backend), so nothing is allocated per token
+  and a decode step moves one position per cache. Input and output buffers grow to the largest
+  call and are then reused.
 - No torch: TensorRT's Python module and the CUDA runtime through polygraphy's ctypes wrapper.
 
 Engines are checked before use (``engines.load_engine_set``): built by this TensorRT, for this
@@ -31,7 +32,7 @@ from transprune.errors import TransPruneError
 
 from ..backend import Backend, KVCache
 from ..build import Build, GraphInfo, SegmentInfo
-from ..kv_pool import DoubleBufferedCache, KVBufferPool
+from ..kv_pool import AppendCache, KVBufferPool, buffer_mask
 from transprune.files import write_atomic
 
 from .engines import engine_module, find_engine_dir, import_tensorrt, load_engine_set, running_platform
@@ -79,6 +80,17 @@ class _Device:
     def download(self, array: np.ndarray, ptr: int) -> None:
         self.wrapper.memcpy(array.ctypes.data, ptr, array.nbytes, self.cuda.MemcpyKind.DeviceToHost, self.stream.ptr)
 
+    def copy_2d(self, *, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, height: int) -> None:
+        from ..device_copy import copy_2d
+
+        copy_2d(dst=dst, dst_pitch=dst_pitch, src=src, src_pitch=src_pitch, width=width, height=height,
+                stream=self.stream.ptr)
+
+    def zero(self, ptr: int, nbytes: int) -> None:
+        from ..device_copy import zero
+
+        zero(ptr, nbytes, stream=self.stream.ptr)
+
     def synchronize(self) -> None:
         self.stream.synchronize()
 
@@ -93,10 +105,11 @@ class _Buffer:
         self.device, self.ptr, self.nbytes = device, 0, 0
 
     @classmethod
-    def of(cls, device: _Device, nbytes: int) -> "_Buffer":
-        """A buffer holding ``nbytes`` already (a KV cache side: see ``kv_pool``)."""
+    def zeroed(cls, device: _Device, nbytes: int) -> "_Buffer":
+        """A buffer of ``nbytes`` zeros (a KV cache: its unwritten slots must hold no NaN, see
+        ``kv_pool``)."""
         buffer = cls(device)
-        buffer.at_least(nbytes)
+        device.zero(buffer.at_least(nbytes), nbytes)
         return buffer
 
     def at_least(self, nbytes: int) -> int:
@@ -206,10 +219,10 @@ class TrtBackend(Backend):
                 graph.context.set_device_memory(self.activations.ptr, size)
             else:
                 graph.context.device_memory = self.activations.ptr
-        # (segment, past name, side) -> device buffer sized in bytes; the closure holds the device,
+        # (segment, past name) -> device buffer sized in bytes; the closure holds the device,
         # not the backend
         device = self.device
-        self._pool = KVBufferPool(allocate=lambda nbytes: _Buffer.of(device, nbytes),
+        self._pool = KVBufferPool(allocate=lambda nbytes: _Buffer.zeroed(device, nbytes),
                                   size_of=lambda buffer: buffer.nbytes, release=_Buffer.free)
 
     # -- calls ---------------------------------------------------------------------------------
@@ -245,9 +258,11 @@ class TrtBackend(Backend):
                 context.set_tensor_address(n, ptr)
         return graph, list(host.values())
 
-    def _execute(self, graph: "_Graph", bound: dict[str, tuple[int, tuple]], keep_alive: list) -> dict:
-        """Binds outputs not in ``bound`` to reusable buffers, runs, downloads them. ``keep_alive``
-        holds the host arrays the stream reads from until it is synchronized."""
+    def _execute(self, graph: "_Graph", bound: dict[str, tuple[int, tuple]], keep_alive: list,
+                 then=None) -> dict:
+        """Binds outputs not in ``bound`` to reusable buffers, runs, queues ``then()`` (more work on
+        the stream), downloads the outputs. ``keep_alive`` holds the host arrays the stream reads
+        from until it is synchronized."""
         context, results = graph.context, {}
         for n in graph.outputs:
             if n in bound:
@@ -258,6 +273,8 @@ class TrtBackend(Backend):
             context.set_tensor_address(n, graph.buffers[n].at_least(results[n].nbytes))
         if not context.execute_async_v3(self.device.stream.ptr):
             raise TransPruneError(f"TensorRT failed to run {graph.info.name} (see its log above)")
+        if then is not None:
+            then()
         for n, array in results.items():
             self.device.download(array, graph.buffers[n].ptr)
         self.device.synchronize()
@@ -271,28 +288,45 @@ class TrtBackend(Backend):
     def new_cache(self, segment: SegmentInfo, *, batch: int, capacity: int) -> KVCache:
         itemsize = np.dtype(self.build.float_type).itemsize
         nbytes = batch * segment.kv_heads * capacity * segment.head_dim * itemsize
-        buffers = self._pool.segment_buffers(segment, nbytes)
-        return DoubleBufferedCache(segment, batch, capacity, buffers, self.generation)
+        return AppendCache(segment, batch, capacity, self._pool.segment_buffers(segment, nbytes), self.generation)
 
-    def run_segment(self, segment: SegmentInfo, feeds: dict, cache: DoubleBufferedCache) -> dict:
+    def run_segment(self, segment: SegmentInfo, feeds: dict, cache: AppendCache) -> dict:
         if cache.generation != self.generation:
             raise TransPruneError("this cache belongs to a generation that a newer one superseded (its device "
                                   "buffers were reused); finish one generation before starting the next")
         new = feeds["hidden"].shape[1]
-        if cache.length + new > cache.capacity:
-            raise TransPruneError(f"{segment.name}: {cache.length + new} positions exceed the cache's "
-                                  f"{cache.capacity}; generate fewer tokens")
-        heads, dim = segment.kv_heads, segment.head_dim
-        bound = {}
-        for past, present in segment.kv:
-            read, write = cache.sides(past)
-            bound[past] = (read.ptr, (cache.batch, heads, cache.length, dim))
-            bound[present] = (write.ptr, (cache.batch, heads, cache.length + new, dim))
-        graph, keep_alive = self._prepare(segment.name, feeds, {k: v for k, v in bound.items()
-                                                                 if k in dict(segment.kv)})
-        out = self._execute(graph, bound, keep_alive)
-        cache.flip()  # what was written is read next
-        cache.length += new
+        cache.check_room(new)
+        prefill = cache.length == 0
+        if not prefill:
+            feeds = {**feeds, "attention_mask": buffer_mask(cache, feeds["attention_mask"], new)}
+        graph = self.graphs[segment.name]
+        item = np.dtype(self.build.float_type).itemsize
+        batch, heads, dim, room = cache.batch, segment.kv_heads, segment.head_dim, cache.generated_room
+        prompt_shape, generated_shape = cache.block_shapes(new)
+        new_shape = (batch, heads, new, dim)
+        generated_at = cache.generated_offset() * item
+        bound, scratch = {}, {}
+        for past, gen, new_name in segment.kv:
+            start = cache.buffers[past].ptr
+            bound[past] = (start, prompt_shape)
+            bound[gen] = (start + generated_at, generated_shape)
+            if prefill:  # the prompt block is prefill's output: written in place
+                bound[new_name] = (start, new_shape)
+            else:  # a small scratch, appended to the generated block below
+                scratch[past] = graph.buffers[new_name].at_least(int(np.prod(new_shape)) * item)
+                bound[new_name] = (scratch[past], new_shape)
+        inputs = {name: bound[name] for past, gen, _ in segment.kv for name in (past, gen)}
+        prepared, keep_alive = self._prepare(segment.name, feeds, inputs)
+        slot = cache.length - cache.prompt
+
+        def append():  # each (sample, head) row of new * dim values goes to its row's next slot
+            for past in scratch:
+                self.device.copy_2d(dst=cache.buffers[past].ptr + generated_at + slot * dim * item,
+                                    dst_pitch=room * dim * item, src=scratch[past], src_pitch=new * dim * item,
+                                    width=new * dim * item, height=batch * heads)
+
+        out = self._execute(prepared, bound, keep_alive, then=append)
+        cache.written(new)
         return out
 
     def close(self) -> None:

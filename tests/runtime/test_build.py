@@ -17,7 +17,8 @@ def test_segments_and_scorers_of_the_paper_build(paper_build):
     assert [s.has_ttv for s in build.segments] == [True, True, True, False]
     assert {i: s.name for i, s in build.scorers.items()} == {0: "scorer_0", 1: "scorer_1", 2: "scorer_2"}
     assert build.keep_counts == [504, 360, 72]
-    assert build.segments[0].kv[:2] == (("past_key.1", "present_key.1"), ("past_value.1", "present_value.1"))
+    assert build.segments[0].kv[:2] == (("past_key.1", "gen_key.1", "new_key.1"),
+                                        ("past_value.1", "gen_value.1", "new_value.1"))
     assert (build.segments[0].kv_heads, build.segments[0].head_dim) == (2, 16)
     assert build.n_image == 576 and build.limits["max_text_tokens"] == 1024
 

@@ -37,16 +37,22 @@ def test_paper_schedule_on_llava_1_5_7b_with_default_limits(spec_build):
             (1, image + 1, 4096), (1, image + 64, 4096), (1, image + 1024, 4096))
         layer = build.segments[int(graph[-1])].layers[0]
         assert _ranges(profiles, graph, "prefill", f"past_key.{layer}") == ((1, 32, 0, 128),) * 3
-    # decode: one token over the kept prompt plus the answer so far (opt: 64 text + 32 generated)
+        assert _ranges(profiles, graph, "prefill", f"gen_key.{layer}") == ((1, 32, 0, 128),) * 3
+    # decode: one token over the kept prompt's block (opt: 64 text tokens) and the generated block,
+    # room for the whole answer (opt 64; min 0, a host that keeps it at its exact length)
     assert _ranges(profiles, "segment_0", "decode", "past_value.1") == (
-        (1, 32, 577, 128), (1, 32, 672, 128), (1, 32, 4095, 128))
-    assert _ranges(profiles, "segment_0", "decode", "attention_mask") == ((1, 578), (1, 673), (1, 4096))
+        (1, 32, 577, 128), (1, 32, 640, 128), (1, 32, 1600, 128))
+    assert _ranges(profiles, "segment_0", "decode", "gen_value.1") == (
+        (1, 32, 0, 128), (1, 32, 64, 128), (1, 32, 2496, 128))
+    assert _ranges(profiles, "segment_0", "decode", "attention_mask") == ((1, 578), (1, 705), (1, 4097))
     assert _ranges(profiles, "segment_1", "decode", "past_key.8") == (
-        (1, 32, 505, 128), (1, 32, 600, 128), (1, 32, 4023, 128))
+        (1, 32, 505, 128), (1, 32, 568, 128), (1, 32, 1528, 128))
     assert _ranges(profiles, "segment_2", "decode", "past_key.12") == (
-        (1, 32, 361, 128), (1, 32, 456, 128), (1, 32, 3879, 128))
+        (1, 32, 361, 128), (1, 32, 424, 128), (1, 32, 1384, 128))
     assert _ranges(profiles, "segment_3", "decode", "past_key.32") == (
-        (1, 32, 73, 128), (1, 32, 168, 128), (1, 32, 3591, 128))
+        (1, 32, 73, 128), (1, 32, 136, 128), (1, 32, 1096, 128))
+    assert _ranges(profiles, "segment_3", "decode", "gen_key.32") == (
+        (1, 32, 0, 128), (1, 32, 64, 128), (1, 32, 2496, 128))
     assert _ranges(profiles, "segment_3", "decode", "position_ids") == ((1, 1),) * 3
     # scorers: the sequence before the prune, the alive image tokens, K as a shape-tensor value
     assert _ranges(profiles, "scorer_1", "prefill", "hidden") == ((1, 505, 4096), (1, 568, 4096), (1, 1528, 4096))
@@ -65,16 +71,19 @@ def test_batch_text_and_answer_limits_narrow_every_range(spec_build):
     assert _ranges(profiles, "vision", "prefill", "pixel_values") == (
         (1, 3, 336, 336), (1, 3, 336, 336), (4, 3, 336, 336))
     assert _ranges(profiles, "segment_0", "prefill", "hidden") == ((1, 577, 4096), (1, 640, 4096), (4, 832, 4096))
-    # 576 + 256 + 128 positions at most: the last decode step sees 959 cached
+    # the prompt block holds 576 + 256 positions at most, the generated block 128
     assert _ranges(profiles, "segment_0", "decode", "past_key.1") == (
-        (1, 32, 577, 128), (1, 32, 672, 128), (4, 32, 959, 128))
+        (1, 32, 577, 128), (1, 32, 640, 128), (4, 32, 832, 128))
+    assert _ranges(profiles, "segment_0", "decode", "gen_key.1") == (
+        (1, 32, 0, 128), (1, 32, 64, 128), (4, 32, 128, 128))
     assert _ranges(profiles, "segment_3", "decode", "past_key.13") == (
-        (1, 32, 73, 128), (1, 32, 168, 128), (4, 32, 455, 128))
+        (1, 32, 73, 128), (1, 32, 136, 128), (4, 32, 328, 128))
     # short limits cap the opt values too
     small = build_profiles(build, shape_limits(build, max_text_tokens=16, max_new_tokens=8))
     assert _ranges(small, "segment_1", "prefill", "hidden") == ((1, 505, 4096), (1, 520, 4096), (1, 520, 4096))
     assert _ranges(small, "segment_1", "decode", "past_key.8") == (
-        (1, 32, 505, 128), (1, 32, 524, 128), (1, 32, 527, 128))
+        (1, 32, 505, 128), (1, 32, 520, 128), (1, 32, 520, 128))
+    assert _ranges(small, "segment_1", "decode", "gen_key.8") == ((1, 32, 0, 128), (1, 32, 8, 128), (1, 32, 8, 128))
 
 
 def test_layer_shifted_schedule_and_no_pruning(spec_build):
@@ -85,13 +94,13 @@ def test_layer_shifted_schedule_and_no_pruning(spec_build):
     profiles = build_profiles(build, shape_limits(build, max_text_tokens=128, max_new_tokens=64))
     assert [s.layers for s in build.segments] == [(1, 8), (9, 10), (11, 13), (14, 32)]
     assert _ranges(profiles, "segment_1", "decode", "past_key.9") == (
-        (1, 32, 505, 128), (1, 32, 600, 128), (1, 32, 695, 128))
+        (1, 32, 505, 128), (1, 32, 568, 128), (1, 32, 632, 128))
     assert _ranges(profiles, "scorer_2", "prefill", "hidden") == ((1, 361, 4096), (1, 424, 4096), (1, 488, 4096))
     none = spec_build("llava-1.5-7b", preset("none"))
     profiles = build_profiles(none, shape_limits(none, max_text_tokens=128, max_new_tokens=64))
     assert [name for name in profiles if name.startswith(("segment", "scorer"))] == ["segment_0"]
     assert _ranges(profiles, "segment_0", "decode", "past_key.32") == (
-        (1, 32, 577, 128), (1, 32, 672, 128), (1, 32, 767, 128))
+        (1, 32, 577, 128), (1, 32, 640, 128), (1, 32, 704, 128))
     assert _ranges(profiles, "head", "prefill", "hidden") == ((1, 577, 4096), (1, 640, 4096), (1, 704, 4096))
 
 
@@ -100,10 +109,10 @@ def test_kv_cache_bytes_follow_the_kept_tokens(spec_build):
     paper = spec_build("llava-1.5-7b", preset("paper"))
     none = spec_build("llava-1.5-7b", preset("none"))
     per_position = 2 * 32 * 128 * 2  # key + value, 32 heads x 128, fp16, per layer
-    # layers 1-7 keep 576 image tokens, 8-9 504, 10-12 360, 13-32 72; two buffers per tensor
+    # layers 1-7 keep 576 image tokens, 8-9 504, 10-12 360, 13-32 72; one buffer per tensor
     positions = 7 * 576 + 2 * 504 + 3 * 360 + 20 * 72 + 32 * 150
-    assert kv_cache_bytes(paper, shape_limits(paper, **limits_args)) == 2 * per_position * positions
-    assert kv_cache_bytes(none, shape_limits(none, **limits_args)) == 2 * per_position * 32 * (576 + 150)
+    assert kv_cache_bytes(paper, shape_limits(paper, **limits_args)) == per_position * positions
+    assert kv_cache_bytes(none, shape_limits(none, **limits_args)) == per_position * 32 * (576 + 150)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -163,9 +172,11 @@ def test_llava_next_7b_profiles_cover_every_image_size(spec_build):
     assert _ranges(profiles, "embed", "prefill", "input_ids") == ((1, 577), (1, 2404), (1, 3952))
     assert _ranges(profiles, "segment_1", "prefill", "hidden") == ((1, 505, 4096), (1, 2111, 4096),
                                                                    (1, 3586, 4096))
-    # decode over the kept prompt plus the answer: 2562 + 1024 + 144 - 1 positions at most
+    # decode over the kept prompt (2562 + 1024 positions at most) and the answer (144)
     assert _ranges(profiles, "segment_1", "decode", "past_key.8") == (
-        (1, 32, 505, 128), (1, 32, 2047 + 64 + 32, 128), (1, 32, 3729, 128))
+        (1, 32, 505, 128), (1, 32, 2047 + 64, 128), (1, 32, 3586, 128))
+    assert _ranges(profiles, "segment_1", "decode", "gen_key.8") == (
+        (1, 32, 0, 128), (1, 32, 64, 128), (1, 32, 144, 128))
     assert _ranges(profiles, "scorer_0", "prefill", "alive") == ((1, 576), (1, 2340), (1, 2928))
     for graph, keep in (("scorer_0", (504, 2047, 2562)), ("scorer_2", (72, 292, 366))):
         spec = profiles[graph][0].input("keep")

@@ -5,7 +5,7 @@ backend against a stand-in: a ``tensorrt`` module whose engines run their ONNX g
 onnxruntime and enforce what TensorRT enforces (the active profile's min/max for every input,
 device memory set before running, shape tensors read from host memory, every other tensor in a
 device allocation big enough for it), and a CUDA "device" that is host memory. What they check
-is the backend's own logic: profile choice, shapes, pointer binding, cache ping-pong, buffer reuse,
+is the backend's own logic: profile choice, shapes, pointer binding, cache appends, buffer reuse,
 the shared activation memory, the TensorRT-RTX runtime cache, and metadata checks. The test marked
 ``gpu`` builds real engines (TensorRT, and TensorRT-RTX) and runs them; it skips without a GPU.
 """
@@ -38,14 +38,15 @@ ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
 
 
 class SimulatedDevice:
-    """Device memory that is host memory; counts allocations."""
+    """Device memory that is host memory; counts allocations. New memory is all 0xFF bytes (NaN as
+    floats), as fresh device memory may hold anything: what is read before it is written shows."""
 
     def __init__(self) -> None:
         self.allocations: dict[int, np.ndarray] = {}
         self.mallocs = 0
 
     def malloc(self, nbytes: int) -> int:
-        array = np.zeros(max(int(nbytes), 1), dtype=np.uint8)
+        array = np.full(max(int(nbytes), 1), 0xFF, dtype=np.uint8)
         self.allocations[array.ctypes.data] = array
         self.mallocs += 1
         return array.ctypes.data
@@ -63,6 +64,17 @@ class SimulatedDevice:
     def download(self, array: np.ndarray, ptr: int) -> None:
         assert self.holds(ptr, array.nbytes)
         ctypes.memmove(array.ctypes.data, ptr, array.nbytes)
+
+    def zero(self, ptr: int, nbytes: int) -> None:
+        assert self.holds(ptr, nbytes)
+        ctypes.memset(ptr, 0, nbytes)
+
+    def copy_2d(self, *, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, height: int) -> None:
+        """cudaMemcpy2DAsync on host memory, with both sides checked to lie in allocations."""
+        assert width <= min(dst_pitch, src_pitch) and height >= 1
+        assert self.holds(dst, (height - 1) * dst_pitch + width) and self.holds(src, (height - 1) * src_pitch + width)
+        for row in range(height):
+            ctypes.memmove(dst + row * dst_pitch, src + row * src_pitch, width)
 
     def synchronize(self) -> None:
         pass
