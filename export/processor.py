@@ -1,11 +1,13 @@
 """What the torch-free runtime needs to turn (image, prompt) into model inputs, written at export.
 
-The runtime has neither transformers nor Jinja, so the exporter, which has both, reduces the
-checkpoint's processor to plain data: the tokenizer as transformers loads it (``tokenizer.json``),
-the chat template rendered around a placeholder (``before`` + prompt + ``after``), and the image
+The runtime has no transformers, so the exporter reduces the checkpoint's processor to plain
+data: the tokenizer as transformers loads it (``tokenizer.json``), the chat template rendered around
+a placeholder (``before`` + prompt + ``after``: one user turn, no Jinja needed at run time), the
+template's source with the special tokens it reads (``chat_template``: whole conversations, rendered
+by ``transprune.runtime.chat_template`` where jinja2 is installed, as the server does), and the image
 processor's settings (``transprune.runtime.preprocess.ImagePreprocess``, made by
-:mod:`.processor_settings`). It then checks the
-reduction: the runtime's ids and pixels for a sample must equal the processor's exactly.
+:mod:`.processor_settings`). It then checks the reduction: the runtime's ids and pixels for a sample
+must equal the processor's exactly, and so must its rendering of sample conversations.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def export_processor(processor, out: Path, *, anyres: bool) -> dict:
     tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
     image_token = processor.image_token
     prompt = {"tokenizer": TOKENIZER_FILE, "image_token": image_token, "chat": _rendered_template(processor)}
+    template = _template_source(processor)
+    if template is not None:
+        prompt["chat_template"] = template
     if anyres:  # the model family's decision (ModelFacts.anyres), not a guess from the processor
         image = describe_anyres_processor(processor.image_processor)
     else:
@@ -67,6 +72,7 @@ def check_processor(processor, build, sample_image) -> None:
             raise TransPruneError("the runtime's tokenisation differs from the checkpoint's processor for sample "
                                   "prompts; this tokenizer or chat template is not supported yet")
         pixels = expected["pixel_values"].numpy()[:1]
+        _check_conversations(processor, build.manifest)
     else:
         pixels = processor.image_processor(images=[sample_image], return_tensors="np")["pixel_values"]
     if build.anyres:  # [1, tiles, 3, H, W] (all of this image's tiles; no batch padding with one image)
@@ -90,3 +96,59 @@ def _rendered_template(processor) -> dict | None:
                               "this template is not supported yet")
     before, after = text.split(_PLACEHOLDER)
     return {"before": before, "after": after}
+
+
+def _template_source(processor) -> dict | None:
+    """The template's source and the special tokens ``apply_chat_template`` passes it (``bos_token``
+    and the like), for rendering whole conversations at run time; None without a template."""
+    source = getattr(processor, "chat_template", None)
+    if isinstance(source, dict):  # several named templates: the one apply_chat_template uses by default
+        source = source.get("default")
+    if not isinstance(source, str) or not source:
+        return None
+    variables = {name: value for name, value in processor.tokenizer.special_tokens_map.items()
+                 if isinstance(value, str)}
+    return {"source": source, "variables": variables}
+
+
+def _check_conversations(processor, manifest: dict) -> None:
+    """Raises unless the runtime renders sample conversations (one turn; system, user, assistant,
+    user; the image in a later turn) exactly as ``processor.apply_chat_template`` does."""
+    from transprune.runtime.chat_template import ChatTemplate, ChatTemplateError
+
+    try:
+        template = ChatTemplate.from_manifest(manifest)
+    except ChatTemplateError as exc:
+        raise TransPruneError(f"the runtime cannot run this checkpoint's chat template ({exc}); this template is "
+                              f"not supported yet") from None
+    if template is None:
+        return
+    for conversation in _CHECK_CONVERSATIONS:
+        expected = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        try:
+            ours = template.render(conversation)
+        except ChatTemplateError as exc:
+            raise TransPruneError(f"the runtime cannot render a sample conversation with this checkpoint's chat "
+                                  f"template ({exc}); this template is not supported yet") from None
+        if ours != expected:
+            raise TransPruneError(f"the runtime renders a {len(conversation)}-message conversation differently from "
+                                  f"the checkpoint's processor ({ours!r} vs {expected!r}); this chat template is not "
+                                  f"supported yet")
+
+
+def _text(text: str) -> dict:
+    return {"type": "text", "text": text}
+
+
+_IMAGE = {"type": "image"}
+# what the server sends the template: every content a list of parts, the image where the user put it
+_CHECK_CONVERSATIONS = (
+    [{"role": "user", "content": [_IMAGE, _text(_CHECK_PROMPTS[0])]}],
+    [{"role": "system", "content": [_text("You answer briefly.")]},
+     {"role": "user", "content": [_IMAGE, _text(_CHECK_PROMPTS[1])]},
+     {"role": "assistant", "content": [_text("A red square on a white ground.")]},
+     {"role": "user", "content": [_text(_CHECK_PROMPTS[2])]}],
+    [{"role": "user", "content": [_text("Hello.")]},
+     {"role": "assistant", "content": [_text("Hello! Show me a picture.")]},
+     {"role": "user", "content": [_text("Here:"), _IMAGE, _text("what is it?")]}],
+)

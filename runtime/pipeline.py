@@ -131,9 +131,20 @@ class Pipeline:
             if piece:
                 yield piece
 
+    def token_steps(self, images: list, prompts: list[str], **options):
+        """Generator for hosts that stop samples themselves (a server): yields ``(sample, text piece,
+        token id)`` per generated token (EOS included when reached), then ``(sample, rest of the text,
+        None)`` once per sample; returns the Generations. Options as ``generate_batch``.
+        ``last_stages`` holds this generation's stage results once the first token is out, so a
+        caller that closes the generator early still knows what was kept. Closing it stops the
+        generation and releases the pipeline."""
+        return self._run(images, prompts, token_ids=True, **options)
+
     def _run(self, images: list, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int | None = None, raw_prompt: bool = False, text_pieces: bool = True):
-        """Generator: yields (sample, text piece) while decoding, returns the Generations.
+             top_p: float = 1.0, seed: int | None = None, raw_prompt: bool = False, text_pieces: bool = True,
+             token_ids: bool = False):
+        """Generator: yields (sample, text piece) while decoding, returns the Generations
+        (``token_ids``: (sample, text piece, token id), see ``token_steps``).
 
         Without ``text_pieces`` the pieces are empty: detokenising every step costs time in the
         decode loop that nobody asked for. The backend is held from the first step to the last (or
@@ -143,10 +154,11 @@ class Pipeline:
                 raise TransPruneError("this pipeline is closed; open a new one with Pipeline.from_dir")
             return (yield from self._run_exclusive(images, prompts, max_new_tokens=max_new_tokens,
                                                    temperature=temperature, top_p=top_p, seed=seed,
-                                                   raw_prompt=raw_prompt, text_pieces=text_pieces))
+                                                   raw_prompt=raw_prompt, text_pieces=text_pieces or token_ids,
+                                                   token_ids=token_ids))
 
     def _run_exclusive(self, images: list, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                       top_p: float, seed: int | None, raw_prompt: bool, text_pieces: bool):
+                       top_p: float, seed: int | None, raw_prompt: bool, text_pieces: bool, token_ids: bool = False):
         if len(images) != len(prompts) or not images:
             raise PromptError(f"{len(images)} images and {len(prompts)} prompts: give one prompt per image")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -169,13 +181,15 @@ class Pipeline:
         for picked, active, _ in chain.steps(encoded.input_ids, encoded.attention_mask, prepared.pixel_values,
                                              max_new_tokens=max_new_tokens, sampler=sampler, eos_token_id=eos,
                                              pack_index=prepared.pack_index):
+            self._per_thread.stages = chain.stages  # set after prefill: token_steps' callers may stop early
             for sample, token in enumerate(picked.tolist()):
                 if active[sample]:
                     tokens[sample].append(token)
-                    yield sample, streams[sample].push(token) if text_pieces else ""
+                    piece = streams[sample].push(token) if text_pieces else ""
+                    yield (sample, piece, token) if token_ids else (sample, piece)
         if text_pieces:
             for sample, stream in enumerate(streams):
-                yield sample, stream.flush()
+                yield (sample, stream.flush(), None) if token_ids else (sample, stream.flush())
         self._per_thread.stages = chain.stages
         timings = {"preprocess": round((preprocessed - started) * 1e3, 3),
                    "tokenize": round((tokenized - preprocessed) * 1e3, 3), **chain.timings.to_dict()}
