@@ -2,7 +2,7 @@
 
 Two levels, both on by default:
 
-* every graph on its own, at three sizes (prompt lengths, past lengths, batch sizes), against the
+* every graph on its own, at three sizes or more (prompt lengths, past lengths, batch sizes), against the
   same computation done by transformers' modules in ``transprune.reference``: a mismatch names
   the graph, the output, the case and the error, so a broken export points at one graph;
 * the whole chain on a sample image + prompt: kept indices identical at every stage and 16 greedy
@@ -42,7 +42,7 @@ class GraphMismatch(ValidationError):
 
 
 def validate_graphs(manifest: dict, *, build, loaded, schedule, run) -> dict:
-    """Checks every graph at three sizes; returns {graph: {"cases": [...], "max_error": {output: e}}}.
+    """Checks every graph at three sizes or more; returns {graph: {"cases": [...], "max_error": {output: e}}}.
 
     Each graph's cases and reference computation come from its kind in the registry
     (``export/kinds``)."""

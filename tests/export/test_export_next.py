@@ -16,7 +16,7 @@ def _graph(manifest, name):
 def test_manifest_describes_the_image_token_range(next_build):
     _, manifest = next_build
     facts = manifest["model"]["facts"]
-    assert manifest["schema_version"] == 4
+    assert manifest["schema_version"] == 5
     assert facts["anyres"] is True and facts["n_image"] is None and facts["tile_tokens"] == 576
     # one base tile alone .. the 2 x 2 pinpoint filled: 576 + 48 rows x (48 cells + a newline)
     assert manifest["limits"]["image_tokens"] == {"min": 576, "max": 576 + 48 * 49}

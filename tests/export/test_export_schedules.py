@@ -65,8 +65,8 @@ def test_fp16_build_has_half_weights_and_agrees_with_the_fp32_reference(builds, 
     assert manifest["dtype"] == "fp16"
     validation = manifest["validation"]
     assert validation["tolerance"] == 3e-2 and not validation["chain"]["exact"]
-    # every graph passed its fp16 tolerance at three sizes (validation raises otherwise) ...
-    assert all(len(r["cases"]) == 3 for r in validation["graphs"].values())
+    # every graph passed its fp16 tolerance at three sizes, segments at four (validation raises otherwise) ...
+    assert all(len(r["cases"]) == (4 if name.startswith("segment") else 3) for name, r in validation["graphs"].items())
     # ... and the chain still keeps (nearly) the same image tokens as the fp32 reference
     assert min(validation["chain"]["kept_overlap"]) >= 0.9
     def largest_weight(build):

@@ -103,7 +103,7 @@ def test_reuses_the_paper_build_and_exports_the_unpruned_one(run):
     manifest = json.loads((exports / "tiny-none" / "manifest.json").read_text())
     assert manifest["schedule"] == preset("none").to_dict()
     assert "validation" not in manifest  # exported with validate=False
-    assert "reusing" in run["stderr"] and "exporting tiny with schedule none" in run["stderr"]
+    assert "reusing" in run["stderr"] and "exporting tiny (fp32, float weights) with schedule none" in run["stderr"]
 
 
 def test_every_measured_schedule_has_positive_timings(run):
