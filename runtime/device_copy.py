@@ -53,11 +53,8 @@ def copy_2d(*, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, h
     if width > min(dst_pitch, src_pitch):
         raise ValueError(f"a row of {width} bytes does not fit pitches {dst_pitch} / {src_pitch}")
     copy, sync, _ = _cudart()
-    status = copy(dst, dst_pitch, src, src_pitch, width, height, DEVICE_TO_DEVICE, stream)
-    if status == 0 and stream is None:
-        status = sync(None)
-    if status != 0:
-        raise TransPruneError(f"cudaMemcpy2DAsync failed with CUDA error {status} while writing the KV cache")
+    _finish(copy(dst, dst_pitch, src, src_pitch, width, height, DEVICE_TO_DEVICE, stream), stream, sync,
+            "cudaMemcpy2DAsync", "writing the KV cache")
 
 
 def zero(ptr: int, nbytes: int, *, stream: int | None = None) -> None:
@@ -65,8 +62,12 @@ def zero(ptr: int, nbytes: int, *, stream: int | None = None) -> None:
     values: its unwritten slots are masked out of attention, but a NaN there (fresh device memory
     may hold any bits) would still turn ``0 * value`` into NaN."""
     _, sync, memset = _cudart()
-    status = memset(ptr, 0, nbytes, stream)
+    _finish(memset(ptr, 0, nbytes, stream), stream, sync, "cudaMemsetAsync", "clearing the KV cache")
+
+
+def _finish(status: int, stream: int | None, sync, call: str, doing: str) -> None:
+    """Waits for a call made on the default stream; raises on a CUDA error of either."""
     if status == 0 and stream is None:
         status = sync(None)
     if status != 0:
-        raise TransPruneError(f"cudaMemsetAsync failed with CUDA error {status} while clearing the KV cache")
+        raise TransPruneError(f"{call} failed with CUDA error {status} while {doing}")

@@ -92,11 +92,12 @@ class KVBufferPool(Mapping[PoolKey, Buffer], Generic[Buffer]):
 class AppendCache(KVCache):
     """A segment's cache in pool buffers, one per cache part: the prompt block [B, Hkv, P, E] at
     the start (written by prefill), then the generated block [B, Hkv, G, E] (G = capacity - P),
-    whose first ``length - P`` slots are written."""
+    whose first ``length - P`` slots are written. ``itemsize``: bytes per cached value."""
 
-    def __init__(self, segment: SegmentInfo, batch: int, capacity: int, buffers: dict, generation: int) -> None:
+    def __init__(self, segment: SegmentInfo, batch: int, capacity: int, buffers: dict, generation: int,
+                 itemsize: int) -> None:
         super().__init__(segment, batch, capacity, generation)
-        self.buffers = buffers  # past name -> buffer
+        self.buffers, self.itemsize = buffers, itemsize  # past name -> buffer
         self.prompt = 0  # P, set by the prefill call
 
     @property
@@ -113,6 +114,16 @@ class AppendCache(KVCache):
     def generated_offset(self) -> int:
         """Elements from a buffer's start to its generated block."""
         return self.batch * self.segment.kv_heads * self.prompt * self.segment.head_dim
+
+    def append_rows(self, count: int) -> dict:
+        """Where a call's ``count`` new positions ([B, Hkv, count, E], contiguous) go in a buffer, as
+        one strided copy in bytes: each of the B * Hkv rows of ``count * E`` values lands at the
+        next free slot of its row of the generated block (``runtime.device_copy.copy_2d``'s
+        arguments, with ``offset`` from the buffer's start)."""
+        dim, item = self.segment.head_dim, self.itemsize
+        return {"offset": (self.generated_offset() + (self.length - self.prompt) * dim) * item,
+                "dst_pitch": self.generated_room * dim * item, "src_pitch": count * dim * item,
+                "width": count * dim * item, "height": self.batch * self.segment.kv_heads}
 
     def check_room(self, new: int) -> None:
         if self.length + new > self.capacity:

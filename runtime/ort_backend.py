@@ -102,9 +102,8 @@ class OrtBackend(Backend):
 
     def new_cache(self, segment: SegmentInfo, *, batch: int, capacity: int) -> KVCache:
         elements = batch * segment.kv_heads * capacity * segment.head_dim
-        cache = _BoundCache(segment, batch, capacity, self._pool.segment_buffers(segment, elements), self.generation)
-        cache.itemsize = np.dtype(self.build.float_type).itemsize
-        return cache
+        return _BoundCache(segment, batch, capacity, self._pool.segment_buffers(segment, elements), self.generation,
+                           np.dtype(self.build.float_type).itemsize)
 
     def run_segment(self, segment: SegmentInfo, feeds: dict, cache: "_BoundCache") -> dict:
         if cache.generation != self.generation:
@@ -173,9 +172,10 @@ class _BoundCache(AppendCache):
     """One buffer per cache part (``kv_pool.AppendCache``): a flat numpy array on the CPU provider,
     a flat device OrtValue on CUDA."""
 
-    itemsize = 4
-    decode_binding = None  # (new tokens per call, the IOBinding every decode step reuses)
-    scratch: dict = {}  # new output name -> where the decode binding writes it (numpy, or an OrtValue on CUDA)
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.decode_binding = None  # (new tokens per call, the IOBinding every decode step reuses)
+        self.scratch: dict = {}  # new output name -> where the decode binding writes it (numpy, or an OrtValue)
 
     def pointer(self, past: str) -> int:
         buffer = self.buffers[past]
@@ -184,31 +184,31 @@ class _BoundCache(AppendCache):
     def generated_offset_bytes(self) -> int:
         return self.generated_offset() * self.itemsize
 
+    def _blocks(self, past: str) -> tuple[np.ndarray, np.ndarray]:
+        """Numpy views of a CPU buffer's (prompt, generated) blocks."""
+        batch, heads, dim = self.batch, self.segment.kv_heads, self.segment.head_dim
+        buffer, offset = self.buffers[past], self.generated_offset()
+        return (buffer[:offset].reshape(batch, heads, self.prompt, dim),
+                buffer[offset:offset + batch * heads * self.generated_room * dim].reshape(
+                    batch, heads, self.generated_room, dim))
+
     def append(self, past: str, new, count: int) -> None:
         """Writes ``new`` ([B, Hkv, count, E]: a numpy array, or an OrtValue on CUDA) into the next
         slots of the generated block."""
-        batch, heads, dim, room = self.batch, self.segment.kv_heads, self.segment.head_dim, self.generated_room
-        slot = self.length - self.prompt
-        buffer = self.buffers[past]
-        if isinstance(buffer, np.ndarray):
-            offset = self.generated_offset()
-            block = buffer[offset:offset + batch * heads * room * dim].reshape(batch, heads, room, dim)
-            block[:, :, slot:slot + count] = new
+        if isinstance(self.buffers[past], np.ndarray):
+            slot = self.length - self.prompt
+            self._blocks(past)[1][:, :, slot:slot + count] = new
             return
-        from .device_copy import copy_2d  # CUDA: each (sample, head) row is one run of count * E values
+        from .device_copy import copy_2d
 
-        item = self.itemsize
-        copy_2d(dst=self.pointer(past) + (self.generated_offset() + slot * dim) * item, dst_pitch=room * dim * item,
-                src=new.data_ptr(), src_pitch=count * dim * item, width=count * dim * item, height=batch * heads)
+        rows = self.append_rows(count)
+        copy_2d(dst=self.pointer(past) + rows.pop("offset"), src=new.data_ptr(), **rows)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The cached keys/values as numpy arrays [B, H, length, E], both blocks joined (copies;
         CPU provider only)."""
-        batch, heads, dim, room = self.batch, self.segment.kv_heads, self.segment.head_dim, self.generated_room
         out = {}
-        for past, buffer in self.buffers.items():
-            prompt = buffer[:self.generated_offset()].reshape(batch, heads, self.prompt, dim)
-            offset = self.generated_offset()
-            generated = buffer[offset:offset + batch * heads * room * dim].reshape(batch, heads, room, dim)
+        for past in self.buffers:
+            prompt, generated = self._blocks(past)
             out[past] = np.concatenate([prompt, generated[:, :, :self.length - self.prompt]], axis=2)
         return out

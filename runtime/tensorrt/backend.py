@@ -288,7 +288,8 @@ class TrtBackend(Backend):
     def new_cache(self, segment: SegmentInfo, *, batch: int, capacity: int) -> KVCache:
         itemsize = np.dtype(self.build.float_type).itemsize
         nbytes = batch * segment.kv_heads * capacity * segment.head_dim * itemsize
-        return AppendCache(segment, batch, capacity, self._pool.segment_buffers(segment, nbytes), self.generation)
+        return AppendCache(segment, batch, capacity, self._pool.segment_buffers(segment, nbytes), self.generation,
+                           itemsize)
 
     def run_segment(self, segment: SegmentInfo, feeds: dict, cache: AppendCache) -> dict:
         if cache.generation != self.generation:
@@ -300,11 +301,9 @@ class TrtBackend(Backend):
         if not prefill:
             feeds = {**feeds, "attention_mask": buffer_mask(cache, feeds["attention_mask"], new)}
         graph = self.graphs[segment.name]
-        item = np.dtype(self.build.float_type).itemsize
-        batch, heads, dim, room = cache.batch, segment.kv_heads, segment.head_dim, cache.generated_room
         prompt_shape, generated_shape = cache.block_shapes(new)
-        new_shape = (batch, heads, new, dim)
-        generated_at = cache.generated_offset() * item
+        new_shape = (cache.batch, segment.kv_heads, new, segment.head_dim)
+        generated_at = cache.generated_offset() * cache.itemsize
         bound, scratch = {}, {}
         for past, gen, new_name in segment.kv:
             start = cache.buffers[past].ptr
@@ -313,17 +312,16 @@ class TrtBackend(Backend):
             if prefill:  # the prompt block is prefill's output: written in place
                 bound[new_name] = (start, new_shape)
             else:  # a small scratch, appended to the generated block below
-                scratch[past] = graph.buffers[new_name].at_least(int(np.prod(new_shape)) * item)
+                scratch[past] = graph.buffers[new_name].at_least(int(np.prod(new_shape)) * cache.itemsize)
                 bound[new_name] = (scratch[past], new_shape)
         inputs = {name: bound[name] for past, gen, _ in segment.kv for name in (past, gen)}
         prepared, keep_alive = self._prepare(segment.name, feeds, inputs)
-        slot = cache.length - cache.prompt
+        rows = cache.append_rows(new)
+        offset = rows.pop("offset")
 
-        def append():  # each (sample, head) row of new * dim values goes to its row's next slot
+        def append():  # queued on the stream after the engine: one strided copy per cache
             for past in scratch:
-                self.device.copy_2d(dst=cache.buffers[past].ptr + generated_at + slot * dim * item,
-                                    dst_pitch=room * dim * item, src=scratch[past], src_pitch=new * dim * item,
-                                    width=new * dim * item, height=batch * heads)
+                self.device.copy_2d(dst=cache.buffers[past].ptr + offset, src=scratch[past], **rows)
 
         out = self._execute(prepared, bound, keep_alive, then=append)
         cache.written(new)
