@@ -23,7 +23,13 @@ from .weights import MetaWeights
 AXIS_RANGES = {"batch": (1, 64), "seq": (1, 8192), "past": (0, 8192), "gen": (0, 8192), "total": (1, 24576),
                "alive": (1, 8192),
                "tiles": (1, 320), "image": (1, 8192)}
-EXTERNAL_DATA_BYTES = 1 << 30  # graphs with more weights than this keep them in a .data file
+# Every graph with checkpoint weights keeps them in ``<graph>.onnx.data``, whatever their size.
+# onnxruntime reads weights stored inline by parsing the whole protobuf and then copying each
+# tensor out of it, so a graph briefly costs twice its weights and loads at protobuf speed; from a
+# .data file it reads (or maps) each tensor once. Measured on the bench paper build, 2 threads,
+# all 11 sessions in one process: inline (the 1 GiB threshold used before) 4.9-5.8 s and a
+# 2,279-2,328 MiB peak; external 2.85-2.89 s and 1,789 MiB.
+EXTERNAL_DATA_BYTES = 0  # a graph with more weight bytes than this writes a .data file
 _DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16"}  # the manifest's names of the export dtypes
 
 
@@ -69,11 +75,11 @@ def _quiet(*loggers: str):
 
 def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: tuple, opset: int,
                  weights: MetaWeights, int4: Int4Weights | None = None) -> int:
-    """Writes ``path`` (and ``path.data`` for large graphs); returns the bytes of weights written.
+    """Writes ``path`` (and ``path.data`` for its weights, if it has any); returns the bytes of weights written.
 
     ``module`` is built on shape-only ``meta`` weights, so tracing holds no weights at all. Every
     initializer that comes from a parameter becomes a lazy tensor that reads its checkpoint tensor
-    when the file is written, and large graphs are written to external data a few tensors at a
+    when the file is written, and the weights are written to external data a few tensors at a
     time: peak memory is about one layer, whatever the model size.
 
     Weights are stored in the layout MatMul reads (``weight_layout``); with ``int4`` the weights it

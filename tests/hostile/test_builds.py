@@ -12,7 +12,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-from onnx.external_data_helper import convert_model_to_external_data
 
 from transprune.cli.run import main as run_main
 from transprune.runtime.manifest import MANIFEST, MAX_MANIFEST_BYTES, sha256
@@ -75,6 +74,11 @@ def _swap_scorers(build: Path) -> None:
     swap.rename(b)
     manifest = _manifest(build)
     _rehash(build, manifest, "scorer_0.onnx", "scorer_1.onnx")
+    for graph in manifest["graphs"]:  # each file's weights go with it: swap the data files' listings too
+        if graph["name"] in ("scorer_0", "scorer_1"):
+            other = "scorer_1" if graph["name"] == "scorer_0" else "scorer_0"
+            graph["sha256"] = {graph["file"]: graph["sha256"][graph["file"]],
+                               f"{other}.onnx.data": sha256(build / f"{other}.onnx.data")}
     _save_manifest(build, manifest)
 
 
@@ -91,21 +95,20 @@ def _identity_of_another_build(build: Path) -> None:
 
 
 def _external_data(build: Path, *, listed: bool, location: str | None = None) -> None:
-    model = onnx.load(build / "head.onnx")
-    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="head.onnx.data", size_threshold=4096)
-    onnx.save(model, build / "head.onnx")
-    if location is not None:  # rewrite where the data is said to live, after saving it beside the graph
+    """head's weights live in head.onnx.data (an export keeps every graph's weights external): the
+    manifest stops listing that file, or the graph says its data lives at ``location``."""
+    manifest = _manifest(build)
+    head = _graph(manifest, "head")
+    if location is not None:
         model = onnx.load(build / "head.onnx", load_external_data=False)
         for tensor in model.graph.initializer:
             for entry in tensor.external_data:
                 if entry.key == "location":
                     entry.value = location
         onnx.save(model, build / "head.onnx")
-    manifest = _manifest(build)
-    head = _graph(manifest, "head")
-    head["sha256"]["head.onnx"] = sha256(build / "head.onnx")
-    if listed:
-        head["sha256"]["head.onnx.data"] = sha256(build / "head.onnx.data")
+        head["sha256"]["head.onnx"] = sha256(build / "head.onnx")
+    if not listed:
+        del head["sha256"]["head.onnx.data"]
     _save_manifest(build, manifest)
 
 
@@ -214,13 +217,16 @@ def test_a_damaged_build_is_refused_by_the_api(case, build_copy):
     assert_one_line_message(caught.value, *phrases)
 
 
-def test_listed_external_data_loads_and_answers_as_before(paper_build, build_copy, image_file):
-    """The rule refuses unlisted data, not external data: listed, the same build runs unchanged."""
-    with Pipeline.from_dir(paper_build[0], threads=1) as pipeline:
-        expected = pipeline.generate(image_file, "hi", max_new_tokens=4).tokens
-    _external_data(build_copy, listed=True)
-    with Pipeline.from_dir(build_copy, threads=1) as pipeline:
-        assert pipeline.generate(image_file, "hi", max_new_tokens=4).tokens == expected
+def test_every_graph_with_weights_keeps_them_in_a_listed_data_file(paper_build):
+    """The rule refuses unlisted data, not external data: an export lists each graph's .data file."""
+    manifest = _manifest(paper_build[0])
+    for graph in manifest["graphs"]:
+        data = f"{graph['file']}.data"
+        if graph["kind"] == "prefill_inputs":  # computes from its inputs alone: no weights
+            assert data not in graph["sha256"] and not (paper_build[0] / data).exists()
+            continue
+        assert set(graph["sha256"]) == {graph["file"], data}, graph["name"]
+        assert sha256(paper_build[0] / data) == graph["sha256"][data]
 
 
 RUN_OPTIONS = {
