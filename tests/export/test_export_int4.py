@@ -104,9 +104,11 @@ def test_a_manifest_that_misstates_the_weights_is_refused(int4_build, tmp_path):
 
 def test_an_int4_graph_in_a_float_build_is_refused(int4_build, paper_build, tmp_path):
     copy, manifest = _copy(paper_build[0], tmp_path)
-    shutil.copyfile(int4_build[0] / "segment_1.onnx", copy / "segment_1.onnx")
     entry = next(g for g in manifest["graphs"] if g["name"] == "segment_1")
-    entry["sha256"] = {"segment_1.onnx": sha256(copy / "segment_1.onnx")}
+    entry["sha256"] = {}
+    for name in ("segment_1.onnx", "segment_1.onnx.data"):  # the graph and its weights, hashes updated
+        shutil.copyfile(int4_build[0] / name, copy / name)
+        entry["sha256"][name] = sha256(copy / name)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match="of another build"):
         load_manifest(copy)
