@@ -189,11 +189,14 @@ class ScorerGraph(nn.Module):
     """Scores the alive image tokens after layer p and compacts the sequence (prefill only).
 
     hidden [B, S, D], position_ids [B, S], attention_mask [B, S], image_start [B],
-    alive [B, N] (original indices), keep (0-d int64), and with TTV: ttv_sum [B, N], ttv [B, S]
+    alive [B, N] (original indices), keep (0-d int64), with IGA: query_rows (0-d int64, T), and
+    with TTV: ttv_sum [B, N], ttv [B, S]
     -> hidden [B, S', D], position_ids [B, S'], attention_mask [B, S'], kept [B, K] (original
        indices, ascending), score [B, N], and with TTV: ttv_sum [B, K]   (S' = S - N + K),
        then, with both criteria, the score's normalised parts: ttv_score [B, N], iga_score [B, N]
     IGA uses layer p+1's input norm and q/k projections (weights passed in for that layer only).
+    Its queries are the last T rows only (T >= every sample's text after the image span; the rest
+    weigh 0), its keys every row: the softmax runs over all keys.
     """
 
     def __init__(self, weights: dict | None, *, next_layer: int, text_config: dict, uses_ttv: bool,
@@ -211,21 +214,31 @@ class ScorerGraph(nn.Module):
             self.q_proj = linear(weights, f"{p}.self_attn.q_proj")
             self.k_proj = linear(weights, f"{p}.self_attn.k_proj")
 
-    def iga(self, hidden, position_ids, attention_mask, columns, instruction):
+    def iga(self, hidden, position_ids, attention_mask, columns, instruction, rows):
         batch, seq, _ = hidden.shape
+        start = seq - rows
         normed = self.norm(hidden)
         cos, sin = rotary(position_ids, self.head_dim, self.theta, hidden.dtype)
-        q = self.q_proj(normed).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(normed).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        mask = additive_causal_mask(attention_mask, seq, torch.float32)
-        return scoring.instruction_attention(q, k, mask, instruction, columns, self.head_dim ** -0.5)
+        k = apply_rotary(k, cos, sin)
+        # only the trailing rows can be instruction tokens: no queries, logits or softmax for the rest
+        q = self.q_proj(normed.narrow(1, start, rows)).view(batch, rows, self.num_heads, self.head_dim).transpose(1, 2)
+        q = apply_rotary(q, cos.narrow(1, start, rows), sin.narrow(1, start, rows))
+        mask = additive_causal_mask(attention_mask, rows, torch.float32)  # [B, 1, T, S]: the last T rows
+        return scoring.instruction_attention(q, k, mask, instruction.narrow(1, start, rows), columns,
+                                             self.head_dim ** -0.5)
 
-    def forward(self, hidden, position_ids, attention_mask, image_start, alive, keep, *ttv_inputs):
+    def forward(self, hidden, position_ids, attention_mask, image_start, alive, keep, *rest):
         seq, n_alive = hidden.shape[1], alive.shape[1]
         k = keep.item()
         torch._check(k >= 1)
         torch._check(k <= n_alive)
+        ttv_inputs = rest
+        if self.uses_iga:
+            query_rows, *ttv_inputs = rest
+            rows = query_rows.item()
+            torch._check(rows >= 1)
+            torch._check(rows <= seq)
         columns = image_start[:, None] + torch.arange(n_alive, device=hidden.device)[None, :]
         ttv_norm = iga_norm = None
         if self.uses_ttv:
@@ -235,7 +248,7 @@ class ScorerGraph(nn.Module):
         if self.uses_iga:
             after_image = torch.arange(seq, device=hidden.device)[None, :] >= (image_start + n_alive)[:, None]
             instruction = after_image & (attention_mask > 0)
-            iga_norm = scoring.normalise(self.iga(hidden, position_ids, attention_mask, columns, instruction))
+            iga_norm = scoring.normalise(self.iga(hidden, position_ids, attention_mask, columns, instruction, rows))
         score = scoring.combine(ttv_norm, iga_norm, self.alpha)
         # TopK (ties -> lower index, ONNX's documented rule), then ascending to keep spatial order
         kept_local = torch.sort(torch.topk(score, k, dim=-1, sorted=True).indices, dim=-1).values

@@ -25,6 +25,13 @@ from .backend import Backend, KVCache
 from .build import Build
 
 
+def query_rows(seq: int, image_start: np.ndarray, n_alive: int) -> np.ndarray:
+    """A scorer's ``query_rows`` input (0-d int64): how many trailing positions hold some sample's
+    text after its image span (samples are left-padded, so every sample ends at ``seq``), at least
+    1. IGA's queries are those rows only; a row that is not instruction text for a sample weighs 0."""
+    return np.array(max(1, int(seq - np.min(image_start) - n_alive)), dtype=np.int64)
+
+
 @dataclass
 class StageResult:
     after_layer: int
@@ -143,6 +150,8 @@ class Chain:
             keep = next(keep_counts)
             feeds = {"hidden": hidden, "position_ids": positions, "attention_mask": mask,
                      "image_start": image_start, "alive": alive, "keep": np.array(keep, dtype=np.int64)}
+            if any(t.name == "query_rows" for t in scorer.graph.inputs):  # absent in builds exported before it
+                feeds["query_rows"] = query_rows(hidden.shape[1], image_start, alive.shape[1])
             if scorer.uses_ttv:
                 feeds["ttv_sum"] = ttv_sum
                 feeds["ttv"] = out.get("ttv", np.zeros(hidden.shape[:2], dtype=np.float32))

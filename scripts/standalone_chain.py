@@ -311,6 +311,12 @@ class ChainHost:
                      # the schedule's share of this prompt's image tokens, int(n_image * ratio)
                      "keep": np.array(graph.attrs["keep"] if graph.attrs["keep"] is not None else
                                       int(self.n_image * graph.attrs["keep_ratio"]), dtype=np.int64)}
+            if "query_rows" in graph.inputs:
+                # 0-d int64, IGA builds: the trailing positions that hold some sample's text after its
+                # image span (every sample ends at S: left padding), at least 1; IGA's queries are
+                # only these rows (builds exported before this input run every row instead)
+                feeds["query_rows"] = np.array(max(1, hidden.shape[1] - int(image_start.min()) - alive.shape[1]),
+                                               dtype=np.int64)
             if graph.attrs["uses_ttv"]:
                 feeds["ttv_sum"] = ttv_sum
                 # this segment's TTV [B, seq]; a segment without accumulation layers adds nothing

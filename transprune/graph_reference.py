@@ -110,6 +110,7 @@ class ReferenceGraphs:
         return out
 
     def scorer(self, graph, t):
+        # IGA builds also feed query_rows; not read: every row is a query here, non-instruction rows weigh 0
         scorer = self.scorer_of[graph]
         hidden, key_mask, image_start, alive = t["hidden"], t["attention_mask"], t["image_start"], t["alive"]
         ttv_sum = t["ttv_sum"] if scorer.uses_ttv else torch.zeros(alive.shape)

@@ -23,6 +23,8 @@ def spec(facts, schedule: Schedule, index: int) -> GraphSpec:
               TensorSpec("image_start", "int64", ("batch",)),
               TensorSpec("alive", "int64", ("batch", "alive")),
               TensorSpec("keep", "int64", ())]
+    if schedule.uses_iga:  # IGA queries only the last query_rows positions (runtime.chain.query_rows)
+        inputs.append(TensorSpec("query_rows", "int64", ()))
     outputs = [TensorSpec("hidden_out", "float", ("batch", "kept_seq", d)),
                TensorSpec("position_ids_out", "int64", ("batch", "kept_seq")),
                TensorSpec("attention_mask_out", "int64", ("batch", "kept_seq")),
@@ -61,23 +63,33 @@ class Scorer(GraphKind):
     def example_inputs(self, spec, ex):
         batch, seq = ex.shape(spec.inputs[0])[:2]
         # a consistent image span and keep count: ``alive`` tokens from position 3 or 4, half kept
-        return {"position_ids": ex.positions(batch, seq), "attention_mask": ex.ones((batch, seq)),
-                "image_start": ex.torch.tensor([3, 4][:batch], dtype=ex.torch.int64),
-                "alive": ex.positions(batch, EXAMPLE_SIZES["alive"]),
-                "keep": ex.torch.tensor(EXAMPLE_SIZES["alive"] // 2, dtype=ex.torch.int64)}
+        examples = {"position_ids": ex.positions(batch, seq), "attention_mask": ex.ones((batch, seq)),
+                    "image_start": ex.torch.tensor([3, 4][:batch], dtype=ex.torch.int64),
+                    "alive": ex.positions(batch, EXAMPLE_SIZES["alive"]),
+                    "keep": ex.torch.tensor(EXAMPLE_SIZES["alive"] // 2, dtype=ex.torch.int64)}
+        if spec.attrs["uses_iga"]:  # the text after the earliest image span
+            examples["query_rows"] = ex.torch.tensor(seq - 3 - EXAMPLE_SIZES["alive"], dtype=ex.torch.int64)
+        return examples
 
     def validation_cases(self, graph, cases):
+        from transprune.runtime.chain import query_rows
+
         scorer = next(s for s in cases.build.scorers.values() if s.name == graph.name)
         keep_counts = cases.build.keep_counts_for(cases.n_image)
         n_alive = cases.n_image if scorer.after_segment == 0 else keep_counts[scorer.after_segment - 1]
-        for batch, prefix, suffix in ((2, 6, 5), (2, 4, 20), (1, 35, 60)):
+        # (batch, prefix, suffix, image span start per sample): the second sample is left-padded by
+        # 3, and its image starts 2 later / 3 earlier, so its text after the image differs in length
+        for batch, prefix, suffix, starts in ((2, 6, 5, (6, 8)), (2, 4, 20, (7, 4)), (1, 35, 60, (35,))):
             seq = prefix + n_alive + suffix
             key_mask = cases.left_padded_mask(batch, seq, pad=3)
             alive = np.stack([np.sort(cases.torch.randperm(cases.n_image, generator=cases.gen)[:n_alive].numpy())
                               for _ in range(batch)])
+            image_start = np.array(starts, dtype=np.int64)
             feeds = {"hidden": cases.randn(batch, seq, cases.hidden), "position_ids": cases.positions(key_mask),
-                     "attention_mask": key_mask, "image_start": np.full(batch, prefix, dtype=np.int64),
+                     "attention_mask": key_mask, "image_start": image_start,
                      "alive": alive, "keep": np.array(keep_counts[scorer.after_segment], dtype=np.int64)}
+            if scorer.uses_iga:
+                feeds["query_rows"] = query_rows(seq, image_start, n_alive)
             if scorer.uses_ttv:
                 feeds["ttv_sum"] = np.abs(cases.randn(batch, n_alive)).astype(np.float32)
                 feeds["ttv"] = np.abs(cases.randn(batch, seq)).astype(np.float32)
@@ -91,12 +103,19 @@ class Scorer(GraphKind):
 
     def trt_values(self, graph, ctx):
         """``keep`` is TopK's K: its fixed count, or int(n * ratio) over the image range, which
-        TensorRT needs below 3840."""
-        keep = ctx.alive[ctx.stage(graph) + 1]
+        TensorRT needs below 3840. ``query_rows`` (IGA) is the text after the image span, 1 at
+        least: up to the whole text, plus, when the image count varies (anyres), the room a
+        smaller image leaves in the ``seq`` axis."""
+        stage = ctx.stage(graph)
+        keep = ctx.alive[stage + 1]
         if keep.max >= ctx.topk_k_limit:
             raise TransPruneError(f"{graph.name} keeps up to {keep.max} image tokens, but TensorRT's TopK needs K < "
                                   f"{ctx.topk_k_limit}; lower the first keep ratio for TensorRT builds")
-        return {"keep": keep}
+        values = {"keep": keep}
+        if any(t.name == "query_rows" for t in graph.inputs):
+            image = ctx.alive[stage]
+            values["query_rows"] = ctx.range(1, ctx.text.opt, ctx.text.max + image.max - image.min)
+        return values
 
     def reference(self, graphs, name, t):
         return graphs.scorer(name, t)

@@ -39,8 +39,9 @@ def _check_against_plan(engines: dict, plan: dict, build: Build) -> None:
             # every input of the graph, with its manifest rank and fixed dimensions
             for tensor in graph.inputs:
                 dims = got["max"][tensor.name]
-                if want["inputs"][tensor.name]["value"]:
-                    assert dims == (graph.attrs["keep"],)
+                if want["inputs"][tensor.name]["value"]:  # TopK's K, or IGA's query rows (up to the text)
+                    top = graph.attrs["keep"] if tensor.name == "keep" else plan["limits"]["max_text_tokens"]
+                    assert dims == (top,)
                     continue
                 assert len(dims) == len(tensor.axes)
                 assert all(d == a for d, a in zip(dims, tensor.axes) if isinstance(a, int))

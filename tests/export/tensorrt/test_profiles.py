@@ -61,6 +61,9 @@ def test_paper_schedule_on_llava_1_5_7b_with_default_limits(spec_build):
     assert _ranges(profiles, "scorer_1", "prefill", "image_start") == ((1,),) * 3
     keep = next(p for p in profiles["scorer_2"]).input("keep")
     assert keep.value and (keep.min, keep.opt, keep.max) == ((72,), (72,), (72,))
+    # IGA's query rows: the text after the image, 1..1024 (a value, as keep)
+    rows = next(p for p in profiles["scorer_2"]).input("query_rows")
+    assert rows.value and (rows.min, rows.opt, rows.max) == ((1,), (64,), (1024,))
     assert _ranges(profiles, "head", "prefill", "hidden") == ((1, 73, 4096), (1, 136, 4096), (1, 1096, 4096))
     assert _ranges(profiles, "head", "decode", "hidden") == ((1, 1, 4096),) * 3
 
@@ -181,6 +184,10 @@ def test_llava_next_7b_profiles_cover_every_image_size(spec_build):
     for graph, keep in (("scorer_0", (504, 2047, 2562)), ("scorer_2", (72, 292, 366))):
         spec = profiles[graph][0].input("keep")
         assert spec.value and (spec.min, spec.opt, spec.max) == tuple((k,) for k in keep)
+    # query rows: up to the text, plus what a smaller image leaves of the sequence (2928 - 576 for scorer_0)
+    for graph, most in (("scorer_0", 1024 + 2352), ("scorer_2", 1024 + 1830 - 360)):
+        spec = profiles[graph][0].input("query_rows")
+        assert spec.value and (spec.min, spec.opt, spec.max) == ((1,), (64,), (most,))
     # the KV cache is sized for the largest image at every layer
     per_layer = [2928] * 7 + [2562] * 2 + [1830] * 3 + [366] * 20
     assert kv_cache_bytes(build, limits) == kv_cache_bytes_for(image_tokens_per_layer=per_layer, kv_heads=32,

@@ -181,7 +181,8 @@ class SimulatedEngine:
         return self.dtypes[name]
 
     def is_shape_inference_io(self, name: str) -> bool:
-        return name == "keep"  # TopK's K: TensorRT parses it as a shape tensor
+        # TopK's K, and IGA's query row count (slice and reshape sizes): TensorRT parses them as shape tensors
+        return name in ("keep", "query_rows")
 
     def get_device_memory_size_for_profile_v2(self, index: int) -> int:
         return self.memory_sizes[index]
