@@ -89,8 +89,11 @@ class Attention(nn.Module):
             q = q.view(batch, self.num_kv_heads, group, seq, self.head_dim)
             blocks = [(key.unsqueeze(2), value.unsqueeze(2)) for key, value in blocks]
             mask = mask.unsqueeze(1)
-        scale = self.head_dim ** -0.5
-        scores = torch.cat([torch.matmul(q, key.transpose(-1, -2)) for key, _ in blocks], dim=-1) * scale + mask
+        # the scale goes on the queries, [.., S, E], not on the scores, [.., S, P + S]: at prefill
+        # that is one pass over S * E values per head instead of S * S (bitwise the same for a
+        # power-of-two scale, head_dim 64; the last bit may differ for head_dim 128)
+        q = q * self.head_dim ** -0.5
+        scores = torch.cat([torch.matmul(q, key.transpose(-1, -2)) for key, _ in blocks], dim=-1) + mask
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         out, start = None, 0
         for key, value in blocks:
