@@ -30,8 +30,9 @@ class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, build: Build, *, threads: int | None = None, provider: str = "cpu",
-                 int4_accuracy_level: int | None = None) -> None:
-        """``int4_accuracy_level``: how onnxruntime's CPU kernel multiplies int4 weights (it fuses
+                 int4_accuracy_level: int | None = None, cpu_arena: bool = False) -> None:
+        """``cpu_arena``: give every session its own onnxruntime CPU arena (off by default, see
+        below; for comparisons). ``int4_accuracy_level``: how onnxruntime's CPU kernel multiplies int4 weights (it fuses
         our DequantizeLinear + MatMul into its MatMulNBits): None keeps onnxruntime's default (4:
         activations rounded to int8 per block, the fastest); 0 computes in float, exactly the
         dequantized weights' math (what validation checks, and what TensorRT does)."""
@@ -60,21 +61,26 @@ class OrtBackend(Backend):
         # Peak RSS of one 32-token generation, bench, 2 threads, fresh process: paper build 2,996
         # MiB with arenas against 2,458 unpruned; without, 2,124 against 2,233 (one arena shared
         # through the env allocator: 2,246 against 2,427).
-        options.enable_cpu_mem_arena = False
+        options.enable_cpu_mem_arena = cpu_arena
         if int4_accuracy_level is not None:
             if int4_accuracy_level not in INT4_ACCURACY_LEVELS:
                 raise TransPruneError(f"int4 accuracy level {int4_accuracy_level!r} is not one of "
                                       f"{', '.join(map(str, INT4_ACCURACY_LEVELS))} (0: float math, 4: int8 activations)")
             options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(int4_accuracy_level))
         self.sessions, self.inputs, self.outputs = {}, {}, {}
-        for graph in build.graphs.values():
+        def open_session(graph):
             try:
-                session = ort.InferenceSession(str(graph.file), options, providers=providers)
+                return ort.InferenceSession(str(graph.file), options, providers=providers)
             except Exception as exc:  # onnxruntime's Fail/InvalidGraph/InvalidProtobuf have no common base
                 reason = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
                 raise TransPruneError(f"graph {graph.name!r} ({graph.file.name}): onnxruntime cannot load it "
                                       f"({reason}); the file is damaged or not from this build: re-export or "
                                       f"copy the build again") from None
+
+        # Sessions open side by side: onnxruntime reads and optimises a graph without the GIL, and
+        # a chain's graphs are independent (bench paper build, 11 graphs, 2 cores: see ``_open_all``)
+        graphs = list(build.graphs.values())
+        for graph, session in zip(graphs, _open_all(open_session, graphs, workers=threads)):
             self.sessions[graph.name] = session
             found = sorted(i.name for i in session.get_inputs()), sorted(o.name for o in session.get_outputs())
             wanted = sorted(t.name for t in graph.inputs), sorted(t.name for t in graph.outputs)
@@ -218,3 +224,17 @@ class _BoundCache(AppendCache):
             prompt, generated = self._blocks(past)
             out[past] = np.concatenate([prompt, generated[:, :, :self.length - self.prompt]], axis=2)
         return out
+
+
+def _open_all(open_one, graphs: list, *, workers: int | None) -> list:
+    """``open_one`` of every graph, in order, on up to ``workers`` threads (None: one per CPU). The
+    first failure is raised once every started call has ended, so no session is left loading."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = max(1, min(len(graphs), workers or os.cpu_count() or 1))
+    if workers == 1:
+        return [open_one(graph) for graph in graphs]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="transprune-load") as pool:
+        futures = [pool.submit(open_one, graph) for graph in graphs]
+    return [future.result() for future in futures]  # the pool has joined: every call has ended
