@@ -2,8 +2,9 @@
 
 Runs the script as a subprocess (``--model tiny --repeats 1 --new-tokens 3``) with
 ``TRANSPRUNE_CACHE`` pointing at the session cache that already holds the tiny checkpoint. The
-session's ``paper_build`` is copied into the exports folder first, so the script reuses it and
-exports only the unpruned build. Timings are not checked against any target (a shared machine
+session's paper and unpruned builds are copied into the exports folder first, so the script reuses
+both (exporting a missing build is the same ``ensure_build`` that tests/scripts/test_bench_next.py
+runs). Timings are not checked against any target (a shared machine
 makes them noise); only that they exist and are positive, and that the FLOPs ratio, the kept
 counts and the token counts are what they must be. About a minute. (The build-reuse rule itself:
 tests/transprune/bench/test_builds.py.)
@@ -33,10 +34,10 @@ NEW_TOKENS = 3
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory, paper_build, transprune_cache):
-    build, _ = paper_build
+def report(tmp_path_factory, paper_build, schedule_build, transprune_cache):
     exports = tmp_path_factory.mktemp("bench-exports")
-    shutil.copytree(build, exports / "tiny-paper")
+    shutil.copytree(paper_build[0], exports / "tiny-paper")
+    shutil.copytree(schedule_build("none")[0], exports / "tiny-none")
     out = exports / "b.json"
     env = {**os.environ, "TRANSPRUNE_CACHE": str(transprune_cache)}
     done = subprocess.run(
@@ -47,15 +48,13 @@ def report(tmp_path_factory, paper_build, transprune_cache):
     return json.loads(out.read_text()), done.stdout, exports
 
 
-def test_reuses_the_paper_build_and_exports_the_unpruned_one(report):
+def test_reuses_both_builds(report):
     data, _, exports = report
     builds = data["config"]["builds"]
-    assert builds["pruned"] == {"path": str(exports / "tiny-paper"), "reused": True, "export_s": None}
-    assert builds["unpruned"]["reused"] is False
-    assert (exports / "tiny-none" / "manifest.json").is_file()
-    manifest = json.loads((exports / "tiny-none" / "manifest.json").read_text())
-    assert manifest["schedule"] == preset("none").to_dict()
-    assert "validation" not in manifest  # exported with validate=False
+    for kind, schedule in (("pruned", "paper"), ("unpruned", "none")):
+        assert builds[kind] == {"path": str(exports / f"tiny-{schedule}"), "reused": True, "export_s": None}
+        manifest = json.loads((exports / f"tiny-{schedule}" / "manifest.json").read_text())
+        assert manifest["schedule"] == preset(schedule).to_dict()
 
 
 def test_config_records_the_run(report):
@@ -107,8 +106,15 @@ def test_samples_medians_and_ratios_are_sane(report):
         "vision", "segment_0", "segment_3", "scorer_0", "scorer_2", "head", "prefill_total"}
     for name, value in data["ratios"].items():
         assert value is not None and value > 0, name
+    assert set(data["targets"]) == {"prefill_matches_flops", "scorers_within_flops_share", "ttft_vs_hf",
+                                    "decode_cheaper", "rss_not_higher", "load_not_slower"}
     for name, target in data["targets"].items():
-        assert target["value"] > 0 and isinstance(target["met"], bool), name
+        assert target["value"] is not None and isinstance(target["met"], bool), name
+    assert data["targets"]["decode_cheaper"]["met"] == (data["ratios"]["decode_pruned_over_unpruned"] <= 0.9)
+    scorers = data["scorers"]
+    assert 0 < scorers["time_share"] < 1 and 0 < scorers["flops_share"] < 1
+    assert data["targets"]["scorers_within_flops_share"]["value"] == pytest.approx(
+        scorers["time_share"] - scorers["flops_share"])
     assert len(data["warmup"]["hf"]["token_ids"]) == NEW_TOKENS
 
 
@@ -126,11 +132,24 @@ def test_peak_rss_comes_from_separate_processes(report):
     assert rss["hf"]["torch_imported"] is True
 
 
+def test_load_time_comes_from_fresh_processes_alternating(report):
+    data, _, _ = report
+    load = data["load"]
+    assert {kind: len(v) for kind, v in load["samples_s"].items()} == {"pruned": 1, "unpruned": 1}
+    assert all(v > 0 for v in load["samples_s"]["pruned"] + load["samples_s"]["unpruned"])
+    assert load["pruned_over_unpruned"] == pytest.approx(load["samples_s"]["pruned"][0] / load["samples_s"]["unpruned"][0])
+    target = data["targets"]["load_not_slower"]
+    assert target["value"] == load["pruned_over_unpruned"] and target["met"] == (target["value"] <= 1)
+    rss = data["targets"]["rss_not_higher"]
+    assert rss["value"] == pytest.approx(data["rss"]["pruned"]["peak_rss_bytes"] / data["rss"]["unpruned"]["peak_rss_bytes"])
+
+
 def test_prints_a_markdown_table(report):
     _, stdout, _ = report
     lines = stdout.splitlines()
     assert lines[0].startswith("| ") and "runtime, pruned (paper)" in lines[0] and "transformers eager" in lines[0]
     assert lines[1].startswith("|---")
     for row in ("| prefill (ms) |", "| decode (ms/token) |", "| time to first token (ms) |",
-                f"| total, {NEW_TOKENS} new tokens (ms) |", "| peak RSS (MiB) |"):
+                f"| total, {NEW_TOKENS} new tokens (ms) |", "| peak RSS (MiB) |", "| load, fresh process (s) |",
+                "| scorers' share of prefill |"):
         assert any(line.startswith(row) for line in lines), row
