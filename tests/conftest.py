@@ -87,6 +87,24 @@ def schedule_build(tmp_path_factory, tiny_checkpoint, paper_build):
     return build
 
 
+@pytest.fixture(scope="session")
+def iga_only_cli_build(tmp_path_factory, tiny_checkpoint):
+    """(build directory, stdout, stderr) of ``transprune-export --schedule iga-only
+    --max-text-tokens 256`` on tiny, validated: the CLI test checks what it printed and wrote, the
+    TensorRT-RTX test builds its graphs (one export, about a minute, instead of two)."""
+    import contextlib
+    import io
+
+    from transprune.cli.export import main
+
+    out, printed, errors = tmp_path_factory.mktemp("cli") / "iga", io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+        code = main(["--model", str(tiny_checkpoint), "--out", str(out), "--schedule", "iga-only",
+                     "--max-text-tokens", "256"])
+    assert code == 0, errors.getvalue()[-4000:]
+    return out, printed.getvalue(), errors.getvalue()
+
+
 # tiny's hidden size is 64, so its int4 builds use blocks of 32 (the default 128 needs K % 128 == 0)
 TINY_INT4_BLOCK = 32
 

@@ -2,9 +2,9 @@
 
 Runs the script once as a subprocess (``--model tiny --quick --threads 1``: schedules none and
 paper, 1 repetition, 2 new tokens) with ``TRANSPRUNE_CACHE`` pointing at the session cache that
-already holds the tiny checkpoint. The session's ``paper_build`` is copied into the exports
-folder first, so the script reuses it and exports only the unpruned build (about 40 s on 2
-cores). Timings are never compared with anything (a shared machine makes them noise); only that
+already holds the tiny checkpoint. The session's paper and unpruned builds are copied into the
+exports folder first, so the script reuses both (exporting a missing build is the same
+``ensure_build`` that tests/scripts/test_bench_next.py runs). Timings are never compared with anything (a shared machine makes them noise); only that
 they exist and are positive. The FLOPs figures are checked against the paper's published ones
 and against ``transprune.flops`` computed here from schedules built another way.
 """
@@ -43,11 +43,11 @@ FLOPS_SCHEDULES = {
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, paper_build, transprune_cache):
-    build, _ = paper_build
+def run(tmp_path_factory, paper_build, schedule_build, transprune_cache):
     root = tmp_path_factory.mktemp("report")
     exports, docs, out = root / "exports", root / "docs", root / "report.json"
-    shutil.copytree(build, exports / "tiny-paper")
+    shutil.copytree(paper_build[0], exports / "tiny-paper")
+    shutil.copytree(schedule_build("none")[0], exports / "tiny-none")
     env = {**os.environ, "TRANSPRUNE_CACHE": str(transprune_cache)}
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--model", "tiny", "--quick", "--threads", "1", "--exports", str(exports),
@@ -96,14 +96,13 @@ def test_flops_table_is_complete_and_agrees_with_the_flops_model(run, model):
     assert rows["none"][7] == "100.0%" and float(rows["shift-5-7-10"][7][:-1]) < float(rows["paper"][7][:-1])
 
 
-def test_reuses_the_paper_build_and_exports_the_unpruned_one(run):
+def test_reuses_both_builds(run):
     builds, exports = run["data"]["measured"]["builds"], run["exports"]
-    assert builds["paper"] == {"path": str(exports / "tiny-paper"), "reused": True, "export_s": None}
-    assert builds["none"]["reused"] is False and builds["none"]["export_s"] > 0
-    manifest = json.loads((exports / "tiny-none" / "manifest.json").read_text())
-    assert manifest["schedule"] == preset("none").to_dict()
-    assert "validation" not in manifest  # exported with validate=False
-    assert "reusing" in run["stderr"] and "exporting tiny (fp32, float weights) with schedule none" in run["stderr"]
+    for name in ("paper", "none"):
+        assert builds[name] == {"path": str(exports / f"tiny-{name}"), "reused": True, "export_s": None}
+        manifest = json.loads((exports / f"tiny-{name}" / "manifest.json").read_text())
+        assert manifest["schedule"] == preset(name).to_dict()
+    assert "reusing" in run["stderr"] and "exporting" not in run["stderr"]
 
 
 def test_every_measured_schedule_has_positive_timings(run):

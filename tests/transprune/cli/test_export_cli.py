@@ -12,14 +12,11 @@ from transprune.cli.export import main, summary_table
 from transprune.runtime.manifest import MANIFEST, sha256
 
 
-def test_iga_only_export_through_the_cli_matches_the_reference(tmp_path, tiny_checkpoint, capsys):
-    out = tmp_path / "iga"
-    assert main(["--model", str(tiny_checkpoint), "--out", str(out), "--schedule", "iga-only",
-                 "--max-text-tokens", "256"]) == 0
-    printed = capsys.readouterr()
-    assert "kept indices and 16 greedy tokens identical to the PyTorch reference" in printed.out
-    assert "576 -> 504 -> 360 -> 72" in printed.out
-    assert "[" in printed.err and "11/12" in printed.err  # the progress bar
+def test_iga_only_export_through_the_cli_matches_the_reference(iga_only_cli_build):
+    out, printed, errors = iga_only_cli_build  # transprune-export --schedule iga-only --max-text-tokens 256
+    assert "kept indices and 16 greedy tokens identical to the PyTorch reference" in printed
+    assert "576 -> 504 -> 360 -> 72" in printed
+    assert "[" in errors and "11/12" in errors  # the progress bar
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["schedule"]["criterion"] == "iga"
     assert manifest["validation"]["chain"]["exact"] and manifest["validation"]["chain"]["tokens_identical"] == 16
