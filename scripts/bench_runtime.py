@@ -2,12 +2,13 @@
 """Runtime benchmark: the torch-free runtime, pruned and unpruned, against transformers eager.
 
     python scripts/bench_runtime.py [--model bench] [--repeats 5] [--new-tokens 32] [--threads N]
-        [--exports DIR] [--out FILE] [--prompt TEXT] [--reexport] [--skip-hf] [--skip-rss]
+        [--exports DIR] [--out FILE] [--prompt TEXT] [--weights float|int4] [--reexport] [--skip-hf] [--skip-rss]
 
 Exports ``--model`` twice with the onnxruntime exporter (schedule ``paper`` into
 ``DIR/<model>-paper``, schedule ``none`` into ``DIR/<model>-none``; default DIR ``exports``,
-without validation) unless a build whose manifest has the same schedule and checkpoint is
-already there (``--reexport`` forces a fresh export). Then, in this one process:
+without validation; ``--weights int4``: ``DIR/<model>-paper-int4`` and ``-none-int4``) unless a
+build whose manifest has the same schedule, checkpoint and weights is already there
+(``--reexport`` forces a fresh export). Then, in this one process:
 
 * pruned = the runtime on the paper build, unpruned = the runtime on the ``none`` build (both
   ``Pipeline.from_dir(..., backend="onnxruntime", threads=--threads)``), hf = transformers'
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON report to write (default: exports/bench_runtime.json)")
     parser.add_argument("--reexport", action="store_true", help="export both builds again even if they exist")
+    parser.add_argument("--weights", choices=("float", "int4"), default="float",
+                        help="the runtime builds' weights: float (fp32, DIR/<model>-paper and -none) or int4 "
+                             "(DIR/<model>-paper-int4 and -none-int4, blocks of 128 or the largest that fits); "
+                             "transformers stays fp32 (default: float)")
     parser.add_argument("--skip-hf", action="store_true", help="do not time transformers (nor measure its RSS)")
     parser.add_argument("--skip-rss", action="store_true", help="do not measure peak RSS")
     parser.add_argument("--pause", type=float, default=0.1,

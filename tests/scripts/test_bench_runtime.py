@@ -61,6 +61,7 @@ def test_config_records_the_run(report):
     data, _, _ = report
     config = data["config"]
     assert config["model"] == "tiny"
+    assert config["weights"] == {"format": "float", "block_size": None}
     assert (config["threads"], config["repeats"], config["new_tokens"]) == (1, 1, NEW_TOKENS)
     assert config["image_tokens"] == 576
     assert config["text_tokens"] > 0

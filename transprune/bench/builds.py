@@ -22,8 +22,11 @@ from .output import log
 PAIR = {"pruned": "paper", "unpruned": "none"}
 
 
-def build_dir(exports: Path, model: str, schedule_name: str) -> Path:
-    return exports / f"{Path(model).name}-{schedule_name}"
+def build_dir(exports: Path, model: str, schedule_name: str, weight_format: str = "float") -> Path:
+    """``<exports>/<model>-<schedule>``, with ``-int4`` appended for int4 weights (the name
+    bench_weights.py gives its int4 build of the paper schedule too, so either script reuses it)."""
+    suffix = "" if weight_format == "float" else f"-{weight_format}"
+    return exports / f"{Path(model).name}-{schedule_name}{suffix}"
 
 
 def stale_reason(out: Path, schedule, checkpoint: Path, *, dtype: str = "fp32",
@@ -86,8 +89,11 @@ def ensure_build(*, model: str, out: Path, schedule, checkpoint: Path, dtype: st
     return {"path": str(out), "reused": False, "export_s": round(bar.elapsed(), 1)}
 
 
-def ensure_pair(*, model: str, exports: Path, checkpoint: Path, reexport: bool = False) -> dict:
-    """The :data:`PAIR` builds, exported where missing or stale; -> {kind: {path, reused, export_s}}."""
-    return {kind: ensure_build(model=model, out=build_dir(exports, model, name), schedule=preset(name),
-                               checkpoint=checkpoint, reexport=reexport)
+def ensure_pair(*, model: str, exports: Path, checkpoint: Path, weight_format: str = "float",
+                block_size: int | None = None, reexport: bool = False) -> dict:
+    """The :data:`PAIR` builds (both with ``weight_format`` weights, int4 in blocks of
+    ``block_size``), exported where missing or stale; -> {kind: {path, reused, export_s}}."""
+    return {kind: ensure_build(model=model, out=build_dir(exports, model, name, weight_format), schedule=preset(name),
+                               checkpoint=checkpoint, weight_format=weight_format, block_size=block_size,
+                               reexport=reexport)
             for kind, name in PAIR.items()}

@@ -7,7 +7,9 @@ each (not counted), then ``repeats`` repetitions; each repetition runs, interlea
 generate(max_new_tokens=1) of every engine (time to first token), then generate(max_new_tokens=N)
 of each (total time; the runtime's own timings give prefill and decode per token). The order is
 reversed every other repetition so that drift on a shared machine falls on all three alike.
-Peak RSS: :mod:`transprune.bench.rss`, a fresh process per engine. Load time:
+With ``weights="int4"`` both runtime builds carry int4 weights (``<model>-paper-int4``,
+``<model>-none-int4``) and transformers stays fp32: decode, weight-bandwidth bound, is where the
+pruned KV cache shows. Peak RSS: :mod:`transprune.bench.rss`, a fresh process per engine. Load time:
 :mod:`transprune.bench.load_time`, a fresh process per reading, pruned and unpruned alternating,
 ``repeats`` readings each. The targets (issue 17's) are judged as met or not met; nothing fails on
 them.
@@ -20,8 +22,9 @@ import gc
 import time
 from pathlib import Path
 
-from .builds import PAIR, build_dir, ensure_pair
+from .builds import PAIR, ensure_pair
 from .engines import HFEngine, RuntimeEngine, public
+from .export_and_runtime import int4_block_size
 from .machine import loadavg, machine_info
 from .output import fmt, log
 from .load_time import load_time_in_fresh_process
@@ -62,6 +65,7 @@ class Settings:
     reexport: bool = False
     skip_hf: bool = False
     skip_rss: bool = False
+    weights: str = "float"  # the runtime builds' weights: float (fp32) or int4; transformers stays fp32
     pause: float = 0.1  # seconds between timed runs, so one engine's spinning threads are idle before the next
 
     @classmethod
@@ -170,27 +174,27 @@ def targets(ratios: dict, flops_ratio: float, *, rss_ratio: float | None = None,
     }
 
 
-def measure_rss(settings: Settings, kinds) -> dict:
-    """Peak RSS of each kind, each in a fresh process. -> {kind: {"kind": kind, **reading}}."""
+def measure_rss(settings: Settings, kinds, builds: dict) -> dict:
+    """Peak RSS of each kind, each in a fresh process (``builds``: {kind: {path, ...}}).
+    -> {kind: {"kind": kind, **reading}}."""
     out = {}
     for kind in kinds:
         log(f"peak RSS: {LABELS[kind]} in a fresh process")
         target = ({"hf_model": settings.model} if kind == "hf"
-                  else {"build": build_dir(settings.exports, settings.model, PAIR[kind])})
+                  else {"build": Path(builds[kind]["path"])})
         out[kind] = {"kind": kind, **peak_rss_in_fresh_process(**target, threads=settings.threads,
                                                                new_tokens=settings.new_tokens,
                                                                prompt=settings.prompt)}
     return out
 
 
-def measure_load(settings: Settings) -> dict:
+def measure_load(settings: Settings, builds: dict) -> dict:
     """Fresh-process load time of each runtime build, alternating, ``repeats`` readings each.
     -> {kind: [seconds, ...]}."""
     out = {kind: [] for kind in RUNTIME_KINDS}
     for rep in range(settings.repeats):
         for kind in (RUNTIME_KINDS if rep % 2 == 0 else RUNTIME_KINDS[::-1]):
-            reading = load_time_in_fresh_process(build_dir(settings.exports, settings.model, PAIR[kind]),
-                                                 threads=settings.threads)
+            reading = load_time_in_fresh_process(Path(builds[kind]["path"]), threads=settings.threads)
             out[kind].append(reading["load_s"])
         log(f"[{rep + 1}/{settings.repeats}] load: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in out.items()))
     return out
@@ -217,8 +221,9 @@ def run(settings: Settings) -> dict:
     started = time.time()
     load_before = loadavg()
     checkpoint, model_facts = resolve_checkpoint(settings.model)
+    block_size = int4_block_size(checkpoint) if settings.weights == "int4" else None
     builds = ensure_pair(model=settings.model, exports=settings.exports, checkpoint=checkpoint,
-                         reexport=settings.reexport)
+                         weight_format=settings.weights, block_size=block_size, reexport=settings.reexport)
     image = sample_image()
 
     engines = {}
@@ -249,8 +254,9 @@ def run(settings: Settings) -> dict:
     engines.clear()
     gc.collect()
 
-    rss = None if settings.skip_rss else measure_rss(settings, [k for k in KINDS if k != "hf" or not settings.skip_hf])
-    load = measure_load(settings)
+    rss = None if settings.skip_rss else measure_rss(settings, [k for k in KINDS if k != "hf" or not settings.skip_hf],
+                                                     builds)
+    load = measure_load(settings, builds)
 
     summary = summarize(measured["samples"], settings.new_tokens)
     report = {
@@ -259,7 +265,7 @@ def run(settings: Settings) -> dict:
             "repeats": settings.repeats, "new_tokens": settings.new_tokens, "prompt": settings.prompt,
             "prompt_tokens": len(first.input_ids), "text_tokens": text_tokens, "image_tokens": n_image,
             "kept_image_tokens": kept, "schedules": {kind: preset(PAIR[kind]).to_dict() for kind in RUNTIME_KINDS},
-            "builds": builds,
+            "builds": builds, "weights": {"format": settings.weights, "block_size": block_size},
             "hf": None if settings.skip_hf else "transformers LlavaForConditionalGeneration, fp32, eager",
             "ttft_method": TTFT_METHOD, "total_method": TOTAL_METHOD, "length_method": LENGTH_METHOD,
             "prefill_method": "the runtime's timings['prefill_total'] (vision, embed, prefill_inputs, segments, "

@@ -18,6 +18,14 @@ def _decode_cell(medians: dict) -> str:
     return f"{fmt(estimate)} (est.)" if estimate is not None and estimate > 0 else "-"
 
 
+def _weights_note(config: dict) -> str:
+    weights = config.get("weights") or {}
+    if weights.get("format", "float") == "float":
+        return ""
+    return (f" Runtime builds with {weights['format']} weights (blocks of {weights.get('block_size')}); "
+            f"transformers in fp32.")
+
+
 def markdown(report: dict) -> str:
     config, medians, ratios, goal = report["config"], report["medians"], report["ratios"], report["targets"]
     kinds = [k for k in KINDS if k in medians]
@@ -68,5 +76,5 @@ def markdown(report: dict) -> str:
                  f"{config['threads']} thread{'s' if config['threads'] != 1 else ''} on {machine['cpu_count']} CPUs ({machine['processor'] or machine['machine']}); "
                  f"median of {config['repeats']} interleaved repetitions after a warm-up; onnxruntime "
                  f"{machine['versions'].get('onnxruntime')}, torch {machine['versions'].get('torch')}. "
-                 f"Time to first token = generate(max_new_tokens=1).")
+                 f"Time to first token = generate(max_new_tokens=1).{_weights_note(config)}")
     return "\n".join(lines)

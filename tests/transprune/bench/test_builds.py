@@ -20,6 +20,8 @@ def test_build_dir_is_model_dash_schedule_under_exports():
     assert build_dir(Path("exports"), "tiny", "paper") == Path("exports/tiny-paper")
     # a checkpoint path as --model names the build after its last part
     assert build_dir(Path("e"), "/ckpt/llava-x", "none") == Path("e/llava-x-none")
+    # int4 builds get a suffix, the name bench_weights.py gives its int4 paper build (both reuse it)
+    assert build_dir(Path("exports"), "bench", "none", "int4") == Path("exports/bench-none-int4")
 
 
 def test_a_build_from_an_older_exporter_is_not_reused(paper_build, tmp_path):
