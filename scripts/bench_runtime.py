@@ -2,7 +2,7 @@
 """Runtime benchmark: the torch-free runtime, pruned and unpruned, against transformers eager.
 
     python scripts/bench_runtime.py [--model bench] [--repeats 5] [--new-tokens 32] [--threads N]
-        [--exports DIR] [--out FILE] [--prompt TEXT] [--weights float|int4] [--reexport] [--skip-hf] [--skip-rss]
+        [--exports DIR] [--out FILE] [--prompt TEXT] [--decode-batch 8] [--weights float|int4] [--reexport] [--skip-hf] [--skip-rss]
 
 Exports ``--model`` twice with the onnxruntime exporter (schedule ``paper`` into
 ``DIR/<model>-paper``, schedule ``none`` into ``DIR/<model>-none``; default DIR ``exports``,
@@ -18,6 +18,9 @@ build whose manifest has the same schedule, checkpoint and weights is already th
   then generate(max_new_tokens=N) of each (total time; the runtime's own timings give prefill
   and decode per token). The order is reversed every other repetition so that drift on a shared
   machine falls on all three alike;
+* then, with ``--decode-batch B`` (default 8), pruned and unpruned again, interleaved, each
+  generating N tokens for B copies of the prompt in one batch: decode ms per step at batch B,
+  where the KV caches pruning shortens weigh B times more against the weights read once;
 * EOS is ignored (the bench model is random), so every run generates exactly N tokens; each
   sample still records how many tokens and decode steps it actually ran.
 
@@ -66,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON report to write (default: exports/bench_runtime.json)")
     parser.add_argument("--reexport", action="store_true", help="export both builds again even if they exist")
+    parser.add_argument("--decode-batch", type=int, default=8,
+                        help="also time pruned and unpruned decode at this batch, as a batching server runs it "
+                             "(0: skip; default: 8)")
     parser.add_argument("--weights", choices=("float", "int4"), default="float",
                         help="the runtime builds' weights: float (fp32, DIR/<model>-paper and -none) or int4 "
                              "(DIR/<model>-paper-int4 and -none-int4, blocks of 128 or the largest that fits); "
@@ -82,6 +88,8 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
     for name in ("repeats", "new_tokens", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.decode_batch < 0:
+        parser.error("--decode-batch must be >= 0 (0 skips the batched decode)")
     if args.pause < 0:
         parser.error("--pause must be >= 0")
 

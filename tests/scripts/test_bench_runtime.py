@@ -42,7 +42,7 @@ def report(tmp_path_factory, paper_build, schedule_build, transprune_cache):
     env = {**os.environ, "TRANSPRUNE_CACHE": str(transprune_cache)}
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--model", "tiny", "--repeats", "1", "--new-tokens", str(NEW_TOKENS),
-         "--threads", "1", "--exports", str(exports), "--out", str(out)],
+         "--threads", "1", "--decode-batch", "2", "--exports", str(exports), "--out", str(out)],
         capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(out.read_text()), done.stdout, exports
@@ -108,7 +108,7 @@ def test_samples_medians_and_ratios_are_sane(report):
     for name, value in data["ratios"].items():
         assert value is not None and value > 0, name
     assert set(data["targets"]) == {"prefill_matches_flops", "scorers_within_flops_share", "ttft_vs_hf",
-                                    "decode_cheaper", "rss_not_higher", "load_not_slower"}
+                                    "decode_cheaper", "decode_cheaper_batched", "rss_not_higher", "load_not_slower"}
     for name, target in data["targets"].items():
         assert target["value"] is not None and isinstance(target["met"], bool), name
     assert data["targets"]["decode_cheaper"]["met"] == (data["ratios"]["decode_pruned_over_unpruned"] <= 0.9)
@@ -117,6 +117,21 @@ def test_samples_medians_and_ratios_are_sane(report):
     assert data["targets"]["scorers_within_flops_share"]["value"] == pytest.approx(
         scorers["time_share"] - scorers["flops_share"])
     assert len(data["warmup"]["hf"]["token_ids"]) == NEW_TOKENS
+
+
+def test_batched_decode_times_both_runtimes_at_the_asked_batch(report):
+    data, _, _ = report
+    batched = data["batched_decode"]
+    assert (batched["batch"], batched["new_tokens"]) == (2, NEW_TOKENS)
+    for kind in ("pruned", "unpruned"):
+        (sample,) = batched["samples"][kind]
+        assert sample["batch"] == 2 and sample["decode_steps"] == NEW_TOKENS - 1
+        assert sample["decode_ms_per_step"] > 0 and sample["prefill_ms"] > 0
+        assert batched["median_ms_per_step"][kind] == sample["decode_ms_per_step"]
+    assert batched["pruned_over_unpruned"] == pytest.approx(
+        batched["samples"]["pruned"][0]["decode_ms_per_step"] / batched["samples"]["unpruned"][0]["decode_ms_per_step"])
+    target = data["targets"]["decode_cheaper_batched"]
+    assert "at batch 2" in target["rule"] and target["met"] == (target["value"] <= 0.9)
 
 
 def test_peak_rss_comes_from_separate_processes(report):
@@ -152,5 +167,15 @@ def test_prints_a_markdown_table(report):
     assert lines[1].startswith("|---")
     for row in ("| prefill (ms) |", "| decode (ms/token) |", "| time to first token (ms) |",
                 f"| total, {NEW_TOKENS} new tokens (ms) |", "| peak RSS (MiB) |", "| load, fresh process (s) |",
-                "| scorers' share of prefill |"):
+                "| scorers' share of prefill |", "| decode at batch 2 (ms/step) |"):
         assert any(line.startswith(row) for line in lines), row
+
+
+@pytest.mark.parametrize("argv, message", [(["--decode-batch", "-1"], "--decode-batch must be >= 0"),
+                                           (["--repeats", "0"], "--repeats must be >= 1"),
+                                           (["--weights", "int8"], "invalid choice")])
+def test_bad_arguments_exit_2_before_any_work(argv, message, tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--exports", str(tmp_path / "e"), *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "e").exists()  # nothing exported, nothing written

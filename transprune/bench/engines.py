@@ -38,6 +38,16 @@ class RuntimeEngine:
                 "decode_ms_per_token": timings.get("decode_per_token"), "timings": timings,
                 "_generation": result}
 
+    def run_batch(self, image, prompt: str, new_tokens: int, batch: int) -> dict:
+        """One generation of ``batch`` copies of (image, prompt): a server's batched decode step,
+        where every sample's KV cache is read each step and the weights once for all."""
+        started = time.perf_counter()
+        results = self.pipeline.generate_batch([image] * batch, [prompt] * batch, max_new_tokens=new_tokens)
+        wall_ms = (time.perf_counter() - started) * 1e3
+        timings = results[0].timings
+        return {"wall_ms": round(wall_ms, 3), "batch": batch, "prefill_ms": timings["prefill_total"],
+                "decode_ms_per_step": timings.get("decode_per_token"), "decode_steps": timings.get("decode_steps")}
+
     def close(self) -> None:
         self.pipeline.close()
 

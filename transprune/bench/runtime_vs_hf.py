@@ -65,6 +65,7 @@ class Settings:
     reexport: bool = False
     skip_hf: bool = False
     skip_rss: bool = False
+    decode_batch: int = 8  # batch of the batched-decode pair (0: not measured)
     weights: str = "float"  # the runtime builds' weights: float (fp32) or int4; transformers stays fp32
     pause: float = 0.1  # seconds between timed runs, so one engine's spinning threads are idle before the next
 
@@ -104,6 +105,30 @@ def measure(settings: Settings, engines: dict, image) -> dict:
                f"decode {fmt(samples[kind][-1]['decode_ms_per_token'])} ms/token" if kind in RUNTIME_KINDS else "")
             for kind in kinds))
     return {"warmup": warmup, "samples": samples}
+
+
+def measure_batched_decode(settings: Settings, engines: dict, image) -> dict | None:
+    """Decode ms per step of pruned and unpruned at batch ``settings.decode_batch`` (one warm-up,
+    then ``repeats`` interleaved runs of ``new_tokens``). At batch 1 every step reads all the
+    weights for one cache; at batch B it reads them once for B caches, so the caches pruning
+    shortens weigh B times more (what a batching server sees). None when decode_batch is 0."""
+    batch = settings.decode_batch
+    if batch < 1:
+        return None
+    samples = {kind: [] for kind in RUNTIME_KINDS}
+    for kind in RUNTIME_KINDS:
+        log(f"batched decode warm-up: {LABELS[kind]}, batch {batch}")
+        engines[kind].run_batch(image, settings.prompt, 2, batch)
+    for rep in range(settings.repeats):
+        for kind in (RUNTIME_KINDS if rep % 2 == 0 else RUNTIME_KINDS[::-1]):
+            time.sleep(settings.pause)
+            samples[kind].append(engines[kind].run_batch(image, settings.prompt, settings.new_tokens, batch))
+        log(f"[{rep + 1}/{settings.repeats}] batch {batch}: " + ", ".join(
+            f"{kind} decode {fmt(samples[kind][-1]['decode_ms_per_step'])} ms/step" for kind in RUNTIME_KINDS))
+    steps = {kind: flat(runs, "decode_ms_per_step") for kind, runs in samples.items()}
+    return {"batch": batch, "new_tokens": settings.new_tokens,
+            "median_ms_per_step": {kind: median(v) for kind, v in steps.items()},
+            "pruned_over_unpruned": paired_ratio(steps["pruned"], steps["unpruned"]), "samples": samples}
 
 
 def summarize(samples: dict, new_tokens: int) -> dict:
@@ -152,7 +177,8 @@ def _target(rule: str, value: float | None, ok) -> dict:
 
 
 def targets(ratios: dict, flops_ratio: float, *, rss_ratio: float | None = None, load_ratio: float | None = None,
-            scorer_time_share: float | None = None, scorer_flops_share: float | None = None) -> dict:
+            scorer_time_share: float | None = None, scorer_flops_share: float | None = None,
+            batched_decode: dict | None = None) -> dict:
     """Issue 17's targets, each with its rule, the measured value and whether it is met (None:
     not measured in this run)."""
     measured_over_ideal = ratio(ratios["prefill_pruned_over_unpruned"], flops_ratio)
@@ -168,6 +194,10 @@ def targets(ratios: dict, flops_ratio: float, *, rss_ratio: float | None = None,
                               ratios.get("ttft_hf_over_pruned"), lambda v: v >= TTFT_SPEEDUP),
         "decode_cheaper": _target(f"pruned decode ms/token <= {DECODE_RATIO} x unpruned",
                                   ratios["decode_pruned_over_unpruned"], lambda v: v <= DECODE_RATIO),
+        "decode_cheaper_batched": _target(
+            f"pruned decode ms/step <= {DECODE_RATIO} x unpruned at batch "
+            f"{batched_decode['batch'] if batched_decode else 'B (not measured)'}",
+            batched_decode and batched_decode["pruned_over_unpruned"], lambda v: v <= DECODE_RATIO),
         "rss_not_higher": _target("pruned peak RSS <= unpruned", rss_ratio, lambda v: v <= 1),
         "load_not_slower": _target("pruned load time <= unpruned (fresh process, paired median)", load_ratio,
                                    lambda v: v <= 1),
@@ -235,6 +265,7 @@ def run(settings: Settings) -> dict:
         engines["hf"] = HFEngine(settings.model, settings.threads, image, settings.prompt)
 
     measured = measure(settings, engines, image)
+    batched = measure_batched_decode(settings, {kind: engines[kind] for kind in RUNTIME_KINDS}, image)
     warmup = measured["warmup"]
     first = warmup["pruned"]["_generation"]
     n_image = engines["pruned"].pipeline.build.n_image
@@ -284,6 +315,7 @@ def run(settings: Settings) -> dict:
         "rss": rss,
         "load": {"samples_s": load, "median_s": {kind: median(v) for kind, v in load.items()},
                  "pruned_over_unpruned": paired_ratio(load["pruned"], load["unpruned"])},
+        "batched_decode": batched,
         "checks": checks,
         "warmup": {kind: {**public(value), "token_ids": tokens[kind]} for kind, value in warmup.items()},
         "samples": measured["samples"],
@@ -295,6 +327,6 @@ def run(settings: Settings) -> dict:
     report["targets"] = targets(summary["ratios"], flops.whole_with_iga_ratio, rss_ratio=rss_ratio,
                                 load_ratio=report["load"]["pruned_over_unpruned"],
                                 scorer_time_share=report["scorers"]["time_share"],
-                                scorer_flops_share=scorer_flops_share)
+                                scorer_flops_share=scorer_flops_share, batched_decode=batched)
     report["config"]["wall_s"] = round(time.time() - started, 1)
     return report

@@ -49,6 +49,13 @@ def markdown(report: dict) -> str:
     rows.append(["decode (ms/token)", *(_decode_cell(medians[k]) for k in kinds),
                  f"pruned/unpruned {fmt(ratios['decode_pruned_over_unpruned'], 3)}",
                  f"<= {DECODE_RATIO:g}x unpruned: {met(goal['decode_cheaper'])}"])
+    batched = report.get("batched_decode")
+    if batched:
+        per_step = batched["median_ms_per_step"]
+        rows.append([f"decode at batch {batched['batch']} (ms/step)",
+                     *(fmt(per_step[k]) if k in per_step else "-" for k in kinds),
+                     f"pruned/unpruned {fmt(batched['pruned_over_unpruned'], 3)}",
+                     f"<= {DECODE_RATIO:g}x unpruned: {met(goal['decode_cheaper_batched'])}"])
     hf_ttft = f"; HF/pruned {fmt(ratios.get('ttft_hf_over_pruned'), 2)}x" if "hf" in kinds else ""
     rows.append(["time to first token (ms)", *(fmt(medians[k]["ttft_ms"]) for k in kinds),
                  f"unpruned/pruned {fmt(ratios['ttft_unpruned_over_pruned'], 2)}x{hf_ttft}",
