@@ -119,8 +119,29 @@ def _emitter(events: asyncio.Queue):
     return emit
 
 
+# An over-limit body is read and dropped (up to this much beyond the limit, for at most this long)
+# before the 413 is sent: a server that answers and closes while the client is still sending makes
+# the client's kernel see a reset, and the client gets a broken pipe instead of the 413 that says
+# what to fix. Bodies further over are not drained: the connection is closed on them.
+DRAIN_BYTES = 8 << 20
+DRAIN_SECONDS = 5.0
+
+
+async def _drain(stream, budget: int) -> None:
+    """Reads and drops what is left of ``stream``, at most ``budget`` bytes or DRAIN_SECONDS of it."""
+    async def consume() -> None:
+        size = 0
+        async for chunk in stream:
+            size += len(chunk)
+            if size > budget:
+                return
+    with contextlib.suppress(asyncio.TimeoutError, ClientDisconnect):
+        await asyncio.wait_for(consume(), DRAIN_SECONDS)
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (announced or streamed)."""
+    """The body, refused with 413 as soon as it passes ``limit`` (announced or streamed); what the
+    client is still sending is drained first (see DRAIN_BYTES) so that it reads the 413."""
     announced = request.headers.get("content-length")
     too_large = ApiError(413, f"the request body is over this server's limit of {limit:,} bytes (the image limit "
                               f"--max-image-bytes in base64, plus 1 MiB of text); send a smaller image",
@@ -129,11 +150,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if not announced.isdigit():
             raise invalid(f"Content-Length {announced!r} is not a number")
         if int(announced) > limit:
+            if int(announced) <= limit + DRAIN_BYTES:
+                await _drain(request.stream(), int(announced))
             raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    async for chunk in stream:
         size += len(chunk)
         if size > limit:
+            await _drain(stream, DRAIN_BYTES)
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)

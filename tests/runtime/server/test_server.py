@@ -176,6 +176,17 @@ def test_bad_input_gets_an_openai_error_and_the_server_goes_on(server, case):
     assert server.get("/health")[0] == 200
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["announced", "chunked"])
+def test_a_body_megabytes_over_the_limit_still_gets_its_413(server, chunked):
+    """The server reads and drops what the client is still sending before it answers (up to 8 MiB
+    over the limit): answering and closing mid-upload gives the client a broken pipe, not the 413."""
+    data = b"{" + b" " * (6 << 20)
+    raw = (data[i:i + (64 << 10)] for i in range(0, len(data), 64 << 10)) if chunked else data
+    got, _, answer = server.post(raw=raw, headers={"Transfer-Encoding": "chunked"} if chunked else None)
+    assert got == 413 and "request body" in answer["error"]["message"]
+    assert server.get("/health")[0] == 200
+
+
 def test_after_the_bad_inputs_the_server_answers_and_never_said_500(server, pipeline):
     status, _, answer = server.post(body(IMAGES[3], PROMPTS[2], max_tokens=5))
     assert status == 200
