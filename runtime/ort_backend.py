@@ -11,6 +11,9 @@ device copy (``device_copy``).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from transprune.errors import TransPruneError
@@ -229,9 +232,6 @@ class _BoundCache(AppendCache):
 def _open_all(open_one, graphs: list, *, workers: int | None) -> list:
     """``open_one`` of every graph, in order, on up to ``workers`` threads (None: one per CPU). The
     first failure is raised once every started call has ended, so no session is left loading."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
     workers = max(1, min(len(graphs), workers or os.cpu_count() or 1))
     if workers == 1:
         return [open_one(graph) for graph in graphs]

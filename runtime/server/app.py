@@ -149,9 +149,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if announced is not None:
         if not announced.isdigit():
             raise invalid(f"Content-Length {announced!r} is not a number")
-        if int(announced) > limit:
-            if int(announced) <= limit + DRAIN_BYTES:
-                await _drain(request.stream(), int(announced))
+        size = int(announced)
+        if size > limit:
+            if size <= limit + DRAIN_BYTES:
+                await _drain(request.stream(), size)
             raise too_large
     chunks, size = [], 0
     stream = request.stream()

@@ -30,7 +30,7 @@ import numpy as np
 
 from .machine import loadavg, machine_info
 from .output import fmt, log
-from .stats import median, paired_ratio
+from .stats import in_turn, median, paired_ratio
 
 HOSTS = ("copying", "in_place")
 
@@ -71,7 +71,7 @@ def run(settings: Settings) -> dict:
     for cached in settings.cached:
         samples = {host: [] for host in HOSTS}
         for rep in range(settings.repeats + 1):  # the first is a warm-up
-            order = HOSTS if rep % 2 == 0 else HOSTS[::-1]
+            order = in_turn(HOSTS, rep)
             for host in order:
                 times = _decode_steps(hosts[host], segment, cached, settings.steps, hidden_size, build.float_type, rng)
                 if rep:

@@ -21,7 +21,7 @@ from .builds import PAIR, ensure_pair
 from .engines import RuntimeEngine, public
 from .machine import loadavg, machine_info
 from .output import fmt, log
-from .stats import flat, median, paired_ratio, ratio
+from .stats import flat, in_turn, median, paired_ratio, ratio
 
 KINDS = tuple(PAIR)  # pruned (schedule paper), unpruned (none)
 LABELS = {"pruned": "paper", "unpruned": "none"}
@@ -99,7 +99,7 @@ def measure_image(settings: Settings, engines: dict, spec: tuple, failures: list
         check_run(warmup[kind], kind, n, failures, f"{where}, warm-up")
     samples = {kind: [] for kind in KINDS}
     for rep in range(settings.repeats):
-        order = list(KINDS) if rep % 2 == 0 else list(KINDS)[::-1]
+        order = in_turn(list(KINDS), rep)
         for kind in order:
             time.sleep(settings.pause)
             run = run_once(engines[kind], image, settings)

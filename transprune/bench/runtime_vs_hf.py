@@ -29,7 +29,7 @@ from .machine import loadavg, machine_info
 from .output import fmt, log
 from .load_time import load_time_in_fresh_process
 from .rss import peak_rss_in_fresh_process
-from .stats import flat, median, paired_ratio, ratio
+from .stats import flat, in_turn, median, paired_ratio, ratio
 
 KINDS = ("pruned", "unpruned", "hf")
 RUNTIME_KINDS = tuple(PAIR)  # pruned, unpruned
@@ -82,7 +82,7 @@ def measure(settings: Settings, engines: dict, image) -> dict:
         log(f"warm-up: {LABELS[kind]}")
         warmup[kind] = engines[kind].run(image, settings.prompt, settings.new_tokens)
     for rep in range(settings.repeats):
-        order = kinds if rep % 2 == 0 else kinds[::-1]
+        order = in_turn(kinds, rep)
         runs = {kind: {} for kind in kinds}
         for phase, new_tokens in (("ttft", 1), ("total", settings.new_tokens)):
             for kind in order:
@@ -108,7 +108,7 @@ def measure(settings: Settings, engines: dict, image) -> dict:
 
 
 def measure_batched_decode(settings: Settings, engines: dict, image) -> dict | None:
-    """Decode ms per step of pruned and unpruned at batch ``settings.decode_batch`` (one warm-up,
+    """Decode ms per step of the runtime engines (pruned and unpruned) at batch ``settings.decode_batch`` (one warm-up,
     then ``repeats`` interleaved runs of ``new_tokens``). At batch 1 every step reads all the
     weights for one cache; at batch B it reads them once for B caches, so the caches pruning
     shortens weigh B times more (what a batching server sees). None when decode_batch is 0."""
@@ -120,7 +120,7 @@ def measure_batched_decode(settings: Settings, engines: dict, image) -> dict | N
         log(f"batched decode warm-up: {LABELS[kind]}, batch {batch}")
         engines[kind].run_batch(image, settings.prompt, 2, batch)
     for rep in range(settings.repeats):
-        for kind in (RUNTIME_KINDS if rep % 2 == 0 else RUNTIME_KINDS[::-1]):
+        for kind in in_turn(RUNTIME_KINDS, rep):
             time.sleep(settings.pause)
             samples[kind].append(engines[kind].run_batch(image, settings.prompt, settings.new_tokens, batch))
         log(f"[{rep + 1}/{settings.repeats}] batch {batch}: " + ", ".join(
@@ -223,7 +223,7 @@ def measure_load(settings: Settings, builds: dict) -> dict:
     -> {kind: [seconds, ...]}."""
     out = {kind: [] for kind in RUNTIME_KINDS}
     for rep in range(settings.repeats):
-        for kind in (RUNTIME_KINDS if rep % 2 == 0 else RUNTIME_KINDS[::-1]):
+        for kind in in_turn(RUNTIME_KINDS, rep):
             reading = load_time_in_fresh_process(Path(builds[kind]["path"]), threads=settings.threads)
             out[kind].append(reading["load_s"])
         log(f"[{rep + 1}/{settings.repeats}] load: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in out.items()))
@@ -265,7 +265,7 @@ def run(settings: Settings) -> dict:
         engines["hf"] = HFEngine(settings.model, settings.threads, image, settings.prompt)
 
     measured = measure(settings, engines, image)
-    batched = measure_batched_decode(settings, {kind: engines[kind] for kind in RUNTIME_KINDS}, image)
+    batched = measure_batched_decode(settings, engines, image)
     warmup = measured["warmup"]
     first = warmup["pruned"]["_generation"]
     n_image = engines["pruned"].pipeline.build.n_image

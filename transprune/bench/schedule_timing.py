@@ -20,7 +20,7 @@ from .machine import available_bytes, loadavg
 from .output import fmt, log
 from .rss import peak_rss_in_fresh_process
 from .schedules import SCHEDULES
-from .stats import median, paired_ratio, ratio
+from .stats import in_turn, median, paired_ratio, ratio
 
 PROMPT = DEFAULT_PROMPT
 # "--load auto" keeps every pipeline loaded when this many times the builds' file sizes fit in
@@ -115,7 +115,7 @@ def measure(builds: dict, image, *, threads: int, new_tokens: int, repeats: int,
     names = list(first)
     samples, loadavgs = {name: [] for name in names}, []
     for rep in range(repeats):
-        order = names if rep % 2 == 0 else names[::-1]
+        order = in_turn(names, rep)
         for position, name in enumerate(order):
             if keep_loaded:
                 engine = engines[name]

@@ -43,6 +43,7 @@ import numpy as np
 
 from .machine import loadavg, machine_info
 from .output import fmt, log
+from .stats import in_turn
 
 PROMPTS = ("What is in this picture?", "Describe the picture in detail: what is in it, the colours, and where "
            "everything is.", "Is there a house? Answer in one word.", "Count the windows.")
@@ -314,7 +315,7 @@ def run(settings: Settings, *, log_dir: Path) -> dict:
                 report["failures"].append(f"warm-up with batching {batching}: {warm[0].error}")
         for number, clients in enumerate(settings.clients):
             rounds = max(settings.rounds, math.ceil(settings.min_requests / clients))
-            modes = settings.modes if number % 2 == 0 else tuple(reversed(settings.modes))
+            modes = in_turn(tuple(settings.modes), number)
             for batching in modes:
                 server = servers[batching]
                 before = server.metrics()

@@ -33,3 +33,9 @@ def flat(samples: list[dict], key: str) -> list:
 def ratio(numerator, denominator) -> float | None:
     """numerator / denominator, None when either is missing (or the denominator is 0)."""
     return numerator / denominator if numerator is not None and denominator else None
+
+
+def in_turn(items, rep: int):
+    """``items`` in order on even repetitions, reversed on odd ones (same sequence type): drift on
+    a shared machine then falls on every item alike."""
+    return items if rep % 2 == 0 else items[::-1]

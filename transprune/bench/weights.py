@@ -44,7 +44,7 @@ from .load_time import load_time_in_fresh_process
 from .machine import loadavg, machine_info
 from .output import fmt, log
 from .rss import peak_rss_in_fresh_process
-from .stats import flat, median, paired_ratio
+from .stats import flat, in_turn, median, paired_ratio
 
 SCHEDULE = "paper"
 
@@ -194,7 +194,7 @@ def measure_load(settings: Settings, variants: list[Variant], paths: dict) -> di
                                    int4_accuracy_level=variant.session_accuracy_level)
     out = {v.name: [] for v in variants}
     for rep in range(settings.repeats):
-        order = variants if rep % 2 == 0 else variants[::-1]
+        order = in_turn(variants, rep)
         for variant in order:
             time.sleep(settings.pause)
             reading = load_time_in_fresh_process(paths[variant.name], threads=settings.threads,
@@ -213,7 +213,7 @@ def measure_timing(settings: Settings, engines: dict, image) -> dict:
         log(f"warm-up: {name}")
         warmup[name] = public(engines[name].run(image, settings.prompt, settings.new_tokens))
     for rep in range(settings.repeats):
-        order = names if rep % 2 == 0 else names[::-1]
+        order = in_turn(names, rep)
         for name in order:
             time.sleep(settings.pause)
             result = engines[name].run(image, settings.prompt, settings.new_tokens)
