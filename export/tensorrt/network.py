@@ -240,6 +240,8 @@ def build_to_file(parsed: ParsedGraph, config, *, graph: str, path: Path) -> int
         if hasattr(parsed.builder, "build_serialized_network_to_stream"):
             writer = _stream_writer(parsed.trt, file)
             ok = parsed.builder.build_serialized_network_to_stream(parsed.network, config, writer)
+            if writer.failure is not None:  # the builder reports success whatever write() did
+                raise writer.failure
             written = writer.written
         else:
             serialized = parsed.builder.build_serialized_network(parsed.network, config)
@@ -254,10 +256,18 @@ def _stream_writer(trt, file):
     class Writer(trt.IStreamWriter):
         def __init__(self) -> None:
             trt.IStreamWriter.__init__(self)
-            self.written = 0
+            self.written, self.failure = 0, None
 
         def write(self, data) -> int:
-            count = file.write(data)
+            # kept for build_to_file to raise: raised into the builder, an exception (a full disk,
+            # Ctrl-C) is printed as a traceback and dropped, and the engine counts as built
+            if self.failure is not None:
+                return 0
+            try:
+                count = file.write(data)
+            except BaseException as exc:
+                self.failure = exc
+                return 0
             self.written += count
             return count
 
