@@ -13,7 +13,7 @@ artifact is meant for both runtimes. Rounding is plain round-to-nearest (RTN): c
 (AWQ, GPTQ) would only change how ``quantize`` picks the integers and scales, never the graph.
 
 Which weights: ``PARTS`` names the groups of checkpoint tensors and ``DEFAULT_PARTS`` the ones an
-``--weights int4`` build quantizes, chosen by measurement (README, "4-bit weights"). The embedding
+``--weights int4`` build quantizes, chosen by measurement (docs/export.md, "4-bit weights"). The embedding
 table is never quantized: the embed graph reads it with a Gather, not a MatMul, and TensorRT would
 dequantize the whole table into a float constant anyway.
 """

@@ -6,8 +6,8 @@ standard ONNX: INT4 values ``q`` in [-8, 7] and scales ``[K / B, N]`` behind
 ``DequantizeLinear(axis=0, block_size=B)`` feeding ``MatMul`` (``int4.py``). That is what
 TensorRT takes, and onnxruntime's CPU provider already fuses the pair into ``MatMulNBits`` at
 session load (``session.qdq_matmulnbits_accuracy_level`` picks how it computes; 4 by default).
-This module writes the fused form into the file instead, for onnxruntime only: the README's
-"4-bit weights" benchmark (scripts/bench_weights.py) measures both.
+This module writes the fused form into the file instead, for onnxruntime only: the weights
+benchmark (scripts/bench_weights.py; docs/performance.md "Weight formats") measures both.
 
 ``MatMulNBits`` (contrib op, domain ``com.microsoft``; attributes K, N, bits, block_size,
 accuracy_level) computes ``A @ dequant(B)``, where, for 4 bits,

@@ -33,7 +33,7 @@ they do not contaminate each other (VmHWM on Linux, where ru_maxrss is inherited
 across fork+exec; ru_maxrss is recorded too). Targets are printed as met / not met; nothing fails
 on them.
 
-stdout: a markdown table (for the README); stderr: progress; ``--out`` (default
+stdout: a markdown table (for docs/performance.md); stderr: progress; ``--out`` (default
 ``exports/bench_runtime.json``): the configuration, the machine, every raw sample, the medians,
 the ratios and the targets. Not a timed test: timings on a shared machine are noisy, which is why
 everything is compared as ratios of interleaved runs.

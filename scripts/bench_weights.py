@@ -23,7 +23,7 @@ onnxruntime's CPU provider with ``--threads`` threads, for each variant:
   against fp32, greedy tokens identical over ``--agreement-tokens`` tokens (and the first), kept
   image-token overlap per prune stage and the first step's max |logit difference|.
 
-stdout: a markdown table (for the README); stderr: progress; ``--out`` (default
+stdout: a markdown table (for docs/performance.md); stderr: progress; ``--out`` (default
 ``exports/bench_weights.json``): the configuration, the machine and its load, every raw sample,
 the medians, the paired ratios and the agreement. Not a timed test: compare variants through the
 ratios of interleaved runs. ``--model tiny`` makes a quick smoke run.

@@ -5,7 +5,7 @@
 
 Each choice (each part alone, then decoder; +lm_head; +projector; +vision) is applied to the PyTorch reference model
 (weights replaced by their int4 values dequantized: what an int4 build computes) and its 16 greedy
-tokens on the sample image compared with the float model's. stdout: a markdown table (README,
+tokens on the sample image compared with the float model's. stdout: a markdown table (docs/export.md,
 "4-bit weights"); stderr: progress; ``--out`` (default exports/int4_parts.json): the numbers.
 Logic: ``transprune.bench.int4_parts``.
 """

@@ -4,8 +4,8 @@ The same estimate ``transprune-build`` checks before it builds (weights at the b
 KV caches of every layer at the largest decode profile, the builder workspace, the runtime's
 overhead), computed from the model preset alone, so it covers models too big to export here.
 Each target gets its 16-bit rows and an int4 row (``--weights int4`` on an fp16 export: decoder
-and lm_head in 4 bits, blocks of ``--block-size``). Prints a markdown table (the README's "Deploy
-on Jetson" table; precisions with the same figures share a row) and writes JSON. The computation
+and lm_head in 4 bits, blocks of ``--block-size``). Prints a markdown table (docs/tensorrt.md's
+"Memory" table; precisions with the same figures share a row) and writes JSON. The computation
 is ``transprune.export.tensorrt.memory.memory_rows``; this script parses, prints and writes.
 
     python scripts/trt_memory_table.py [--model llava-1.5-7b] [--text-tokens 128] [--new-tokens 512]

@@ -1,7 +1,7 @@
 """scripts/bench_serve.py on the session's tiny paper build (``--build``, no export): two servers
 (batching off and on), 1 and 2 clients, 3 tokens each; the JSON holds real measurements (every
 request answered, timings that are positive and consistent with each other, the batch sizes the
-servers counted) and stdout the table the README quotes."""
+servers counted) and stdout the table docs/performance.md quotes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/trt_memory_table.py: the README's per-target memory table, from the model preset."""
+"""scripts/trt_memory_table.py: docs/tensorrt.md's per-target memory table, from the model preset."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Where the benchmarks' results go: progress lines on stderr, JSON files, and the number cells of
 their markdown tables.
 
-stdout is kept for the markdown a script prints (the README quotes it), so progress goes to
+stdout is kept for the markdown a script prints (the docs quote it), so progress goes to
 stderr, flushed line by line.
 """
 

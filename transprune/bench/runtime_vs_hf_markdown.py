@@ -1,4 +1,4 @@
-"""The runtime benchmark's markdown table (what ``scripts/bench_runtime.py`` prints for the README),
+"""The runtime benchmark's markdown table (what ``scripts/bench_runtime.py`` prints for docs/performance.md),
 and the met / not met verdict of a target."""
 
 from __future__ import annotations

@@ -341,7 +341,7 @@ def run(settings: Settings, *, log_dir: Path) -> dict:
 
 
 def table(report: dict) -> list[str]:
-    """The README's markdown table."""
+    """The markdown table docs/performance.md quotes (section "Serving")."""
     lines = ["| batching | clients | requests | requests/s | generated tokens/s | TTFT p50 (s) | TTFT p95 (s) | "
              "server TTFT mean (s) | latency p50 (s) | s/token (server) | mean batch |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

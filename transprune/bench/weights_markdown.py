@@ -1,4 +1,4 @@
-"""The weights benchmark's markdown table (what ``scripts/bench_weights.py`` prints for the README)."""
+"""The weights benchmark's markdown table (what ``scripts/bench_weights.py`` prints for docs/performance.md)."""
 
 from __future__ import annotations
 

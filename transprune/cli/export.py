@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int4-parts", type=lambda text: tuple(p for p in text.split(",") if p), default=None,
                         metavar="PART,...",
                         help="--weights int4: which weights to quantize, from decoder, lm_head, vision, projector "
-                             "(default: decoder,lm_head; README \"4-bit weights\" has the measurements)")
+                             "(default: decoder,lm_head; docs/export.md \"4-bit weights\" has the measurements)")
     parser.add_argument("--opset", type=int, default=18,
                         help="ONNX opset, 18..20 (default: 18); graphs holding int4 weights import 21, the first "
                              "opset with blocked int4 DequantizeLinear")
