@@ -44,11 +44,11 @@ import numpy as np
 from PIL import Image
 
 from transprune.errors import TransPruneError
+from transprune.runtime.image_loading import _as_rgb
 from transprune.runtime.preprocess import (
     _RESAMPLE_NAMES,
     MAX_MODEL_SIDE,
     ImagePreprocess,
-    _as_rgb,
     _float_list,
     _is_int,
     _is_number,
@@ -256,7 +256,7 @@ def preprocess_anyres(image, settings: AnyresPreprocess) -> tuple[np.ndarray, tu
     take.
 
     ``image`` is a PIL image, a path or bytes; anything other than a plain RGB PIL image goes through
-    :func:`~transprune.runtime.preprocess.load_image` (transparency onto white, EXIF orientation
+    :func:`~transprune.runtime.image_loading.load_image` (transparency onto white, EXIF orientation
     applied), so ``image_size`` is that of the upright image. An image that is not one, is empty or
     closed, or has more than ``MAX_IMAGE_PIXELS`` raises ``ImageError``.
 

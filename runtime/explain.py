@@ -27,8 +27,9 @@ from PIL import Image, ImageDraw
 from transprune.errors import TransPruneError
 
 from .anyres import preprocess_anyres, tile_grid
+from .image_loading import load_image
 from .pipeline import Pipeline
-from .preprocess import load_image, preprocess
+from .preprocess import preprocess
 
 PANEL_GAP = 8  # pixels between panels and around them, and between the views of one panel
 TITLE_HEIGHT = 22

@@ -18,7 +18,8 @@ from transprune.errors import TransPruneError
 
 from .anyres import AnyresPreprocess, image_feature_count, packing_plan, preprocess_anyres
 from .build import Build
-from .preprocess import ImagePreprocess, load_image, preprocess
+from .image_loading import load_image
+from .preprocess import ImagePreprocess, preprocess
 
 
 class MixedImageTokensError(TransPruneError):

@@ -30,8 +30,8 @@ from transprune.sampling import Sampler
 from .backend import Backend, open_backend
 from .build import Build
 from .chain import Chain
+from .image_loading import load_image
 from .inputs import ImageInputs
-from .preprocess import load_image
 from .prompt import PromptEncoder, PromptError, TextStream
 
 

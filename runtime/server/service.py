@@ -14,8 +14,8 @@ from typing import Callable
 from transprune.errors import TransPruneError
 
 from ..chat_template import ChatTemplate
+from ..image_loading import MAX_IMAGE_BYTES, ImageError, load_image
 from ..pipeline import Pipeline
-from ..preprocess import MAX_IMAGE_BYTES, ImageError, load_image
 from ..prompt import PromptError
 from .chat import Conversations
 from .errors import invalid

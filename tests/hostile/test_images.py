@@ -149,7 +149,8 @@ def _refused_everywhere(pipeline, build: Path, image: Path, capsys, *phrases: st
 _CHILD = textwrap.dedent("""
     import json, os, resource, sys, time
     from transprune.runtime.anyres import AnyresPreprocess, preprocess_anyres
-    from transprune.runtime.preprocess import ImageError, ImagePreprocess, preprocess
+    from transprune.runtime.image_loading import ImageError
+    from transprune.runtime.preprocess import ImagePreprocess, preprocess
 
     path, kind = sys.argv[1], sys.argv[2]
     mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
@@ -284,7 +285,8 @@ def test_an_image_declaring_too_many_pixels_is_refused_before_decoding(pipeline,
 def test_the_largest_accepted_sizes_pass_the_checks():
     """4032 x 3024 phone photos (a 4032 x 4032 padded square) and 48 MP ones are accepted by every
     check, checked from the sizes alone."""
-    from transprune.runtime.preprocess import ImageError, ImagePreprocess
+    from transprune.runtime.image_loading import ImageError
+    from transprune.runtime.preprocess import ImagePreprocess
 
     clip = ImagePreprocess(pad_to_square=None, resize={"shortest_edge": 336}, resample=3, center_crop=[336, 336],
                            rescale_factor=1 / 255, mean=None, std=None)
@@ -328,7 +330,7 @@ def test_a_fifo_is_refused_at_once_by_the_cli(paper_build, tmp_path):
 def test_a_fifo_is_refused_at_once_by_the_api(tmp_path):
     fifo = tmp_path / "image.png"
     os.mkfifo(fifo)
-    code = ("import sys\nfrom transprune.runtime.preprocess import ImageError, load_image\n"
+    code = ("import sys\nfrom transprune.runtime.image_loading import ImageError, load_image\n"
             "try:\n    load_image(sys.argv[1])\nexcept ImageError as exc:\n    print(exc)\n")
     try:
         child = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
@@ -375,10 +377,10 @@ def test_a_file_over_the_size_limit_is_refused_unread(pipeline, paper_build, tmp
 
 
 def test_image_bytes_over_the_size_limit_are_refused(pipeline, tmp_path, monkeypatch):
-    from transprune.runtime import preprocess
+    from transprune.runtime import image_loading
 
     data = (_strip_png(tmp_path / "strip.png", 1, 3000)).read_bytes()
-    monkeypatch.setattr(preprocess, "MAX_IMAGE_BYTES", len(data) - 1)
+    monkeypatch.setattr(image_loading, "MAX_IMAGE_BYTES", len(data) - 1)
     for value in (data, bytearray(data), memoryview(data)):
         with pytest.raises(TransPruneError) as info:
             pipeline.generate(value, "hi", max_new_tokens=2)

@@ -25,7 +25,7 @@ from transprune.runtime.anyres import (
     pad_tile_batch,
     preprocess_anyres,
 )
-from transprune.runtime.preprocess import ImageError, load_image
+from transprune.runtime.image_loading import ImageError, load_image
 
 transformers = pytest.importorskip("transformers")
 from transformers.image_processing_utils import select_best_resolution  # noqa: E402
@@ -334,9 +334,9 @@ def test_a_value_that_is_not_an_image_raises_image_error(settings, make, problem
 
 
 def test_an_image_over_the_pixel_limit_is_refused_before_decoding(settings, tmp_path, monkeypatch):
-    from transprune.runtime import preprocess as preprocess_module
+    from transprune.runtime import image_loading
 
-    monkeypatch.setattr(preprocess_module, "MAX_IMAGE_PIXELS", 100 * 100)
+    monkeypatch.setattr(image_loading, "MAX_IMAGE_PIXELS", 100 * 100)
     path = tmp_path / "photo.png"
     _photo(101, 100).save(path)
     for source in (path, _photo(101, 100)):

@@ -39,7 +39,8 @@ def test_prompt_lengths_span_1_to_over_200_text_tokens(pipelines):
 
 def test_ids_and_pixels_equal_the_hf_processor(pipelines, tiny_model, images):
     from transprune.reference import encode_inputs
-    from transprune.runtime.preprocess import load_image, preprocess
+    from transprune.runtime.image_loading import load_image
+    from transprune.runtime.preprocess import preprocess
 
     ort, _ = pipelines
     expected = encode_inputs(tiny_model.processor, images[:3], PROMPTS)
