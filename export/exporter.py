@@ -24,7 +24,7 @@ from typing import Callable
 
 from transprune import __version__
 from transprune.errors import TransPruneError
-from transprune.files import refuse_overlap
+from transprune.files import DiskFull, refuse_overlap
 from transprune.runtime.manifest import MANIFEST, SCHEMA_VERSION, sha256
 from transprune.schedule import Schedule
 
@@ -65,7 +65,8 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
 
     from .kinds import graph_specs, kind_of
     from .kinds.base import Examples
-    from .onnx_writer import export_graph
+    from .onnx_writer import parameter_sources, write_graph
+    from .tracing import Tracer
     from .processor import TOKENIZER_FILE, check_processor, export_processor, load_processor
     from .tensorrt import check as trt_check
     from transprune.runtime.tensorrt.engines import importable_modules
@@ -97,6 +98,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     needed = _estimated_bytes(checkpoint_weights, dtype, int4)
 
     examples = Examples(weights.dtype, n_image=facts.n_image, image_token_id=facts.image_token_id)
+    tracer = Tracer(opset=opset)  # one for the build: what repeats is traced once
     parsers = importable_modules()  # the real TensorRT parsers that check each graph (none: the lint alone)
     steps = len(specs) + (1 if validate else 0)
     try:
@@ -111,10 +113,10 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
                 if progress:
                     progress(number, steps, kind.describe(spec))
                 module = kind.module(spec, weights, config)
-                args = examples.inputs(kind, spec)
+                traced = kind.onnx_model(spec, module, tracer=tracer, examples=examples, weights=weights, config=config)
                 path = staging / f"{spec.name}.onnx"
-                export_graph(module, spec, path, args=args, opset=opset, weights=weights, int4=int4)
-                del module
+                write_graph(traced, spec, path, sources=parameter_sources(module, weights), weights=weights, int4=int4)
+                del module, traced
                 files = sorted(p.name for p in staging.glob(f"{spec.name}.onnx*"))
                 checks.append(trt_check.check_graph(path, name=spec.name, modules=parsers))
                 entries.append({**_concrete_dtypes(spec.to_dict(), DTYPES[dtype]), "file": f"{spec.name}.onnx",
@@ -160,11 +162,9 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
                 validation = validate_build(staging, manifest, checkpoint=checkpoint, schedule=schedule)
                 manifest["validation"] = json.loads(json.dumps(validation, default=str))
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    except DiskFull as exc:  # staged_output has taken back what it wrote; the message gains the size
+        raise DiskFull(exc.path, exc.what, remedy=exc.remedy, needed=needed) from None
     except OSError as exc:  # staged_output has taken back what it wrote
-        if exc.errno == errno.ENOSPC:
-            raise TransPruneError(f"the disk holding {out.parent} is full (export needs about "
-                                  f"{needed / 1e9:.1f} GB); nothing was "
-                                  f"written. Free space or pass --out on another disk") from None
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise TransPruneError(f"cannot write --out {out}: {exc.strerror} ({exc.filename}); nothing was written. "
                                   f"Choose another --out") from None

@@ -1,4 +1,5 @@
-"""Traces one graph module to ONNX from its spec (torch.onnx dynamo exporter, docs/DESIGN.md §6)."""
+"""Writes one traced graph to ONNX from its spec, weights streamed from the checkpoint (tracing:
+``export/tracing.py``, torch.onnx dynamo exporter, docs/DESIGN.md §6)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import contextlib
 import inspect
 import json
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,7 @@ def dynamic_shapes(spec: GraphSpec, module: torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet(*loggers: str):
+def quiet_loggers(*loggers: str):
     saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in loggers]
     for logger, _ in saved:
         logger.setLevel(logging.ERROR)
@@ -75,47 +75,39 @@ def _quiet(*loggers: str):
 
 def export_graph(module: torch.nn.Module, spec: GraphSpec, path: Path, *, args: tuple, opset: int,
                  weights: MetaWeights, int4: Int4Weights | None = None) -> int:
-    """Writes ``path`` (and ``path.data`` for its weights, if it has any); returns the bytes of weights written.
+    """Traces ``module`` fed ``args`` and writes it (``write_graph``); returns the bytes of weights written.
+    The exporter traces through one ``Tracer`` for the whole build instead, which reuses traces."""
+    from .tracing import Tracer
 
-    ``module`` is built on shape-only ``meta`` weights, so tracing holds no weights at all. Every
-    initializer that comes from a parameter becomes a lazy tensor that reads its checkpoint tensor
-    when the file is written, and the weights are written to external data a few tensors at a
-    time: peak memory is about one layer, whatever the model size.
+    model = Tracer(opset=opset).trace(module, spec, args)
+    return write_graph(model, spec, path, sources=parameter_sources(module, weights), weights=weights, int4=int4)
+
+
+def parameter_sources(module: torch.nn.Module, weights: MetaWeights) -> dict:
+    """{parameter name: the checkpoint tensor it is}: a traced graph's weight initializers carry
+    the parameter names, and are filled from these when the graph is written."""
+    return {name: weights.source(p) for name, p in module.named_parameters()}
+
+
+def write_graph(model, spec: GraphSpec, path: Path, *, sources: dict, weights: MetaWeights,
+                int4: Int4Weights | None = None) -> int:
+    """Writes ``path`` (and ``path.data`` for its weights, if it has any) from a traced ``model``
+    whose weights are value-less initializers named as in ``sources``; returns the bytes of weights written.
+
+    The module was traced on shape-only ``meta`` weights, so tracing held no weights at all. Every
+    weight initializer becomes a lazy tensor that reads its checkpoint tensor when the file is
+    written, and the weights are written to external data a few tensors at a time: peak memory
+    is about one layer, whatever the model size.
 
     Weights are stored in the layout MatMul reads (``weight_layout``); with ``int4`` the weights it
     quantizes become int4 values and scales behind a ``DequantizeLinear`` (``int4``), quantized
     while they stream into the file.
     """
     import onnx_ir as ir
-    import onnxscript
 
-    module.eval()
-    meta_args = tuple(a.to("meta") for a in args)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        # optimize=False: the optimizer cannot run on meta initializers; it runs below
-        program = torch.onnx.export(
-            module, meta_args, dynamo=True, opset_version=opset, optimize=False, verbose=False,
-            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
-            dynamic_shapes=dynamic_shapes(spec, module),
-        )
-    if program is None:
-        raise RuntimeError(f"torch.onnx.export returned nothing for {spec.name}")
-    model = program.model
-    sources = {name: weights.source(p) for name, p in module.named_parameters()}
-    # The optimizer runs while weight initializers have no value at all: it must neither try to
-    # read a meta tensor nor read real weights (its de-duplication pass compares every
-    # initializer's bytes, which for a 20-layer 7B segment would hold 8 GB at once).
     for name, value in model.graph.initializers.items():
-        tensor = getattr(value.const_value, "raw", None)
-        if isinstance(tensor, torch.Tensor) and tensor.is_meta:
-            if sources.get(name) is None:
-                raise RuntimeError(f"{spec.name}: initializer {name!r} is not a checkpoint tensor")
-            value.const_value = None
-    with warnings.catch_warnings(), _quiet("onnx_ir", "onnxscript"):
-        warnings.simplefilter("ignore")
-        onnxscript.optimizer.optimize_ir(model)  # logs a warning per value-less initializer
+        if value.const_value is None and sources.get(name) is None:
+            raise RuntimeError(f"{spec.name}: initializer {name!r} is not a checkpoint tensor")
     values = _stream_weights(model, sources, weights, int4)
     weight_bytes = 0
     for name, value in model.graph.initializers.items():

@@ -5,6 +5,8 @@ of graph (vision, embed, prefill_inputs, segment, scorer, head, or a new one):
 
     spec(...)                    its inputs/outputs (names, dtypes, named axes) -- on the kind module
     module(spec, weights, config)  the torch module traced into ONNX, on shape-only weights
+    onnx_model(spec, module, ...)  its traced ONNX model (default: a trace of ``module``; a kind
+                                 whose graphs repeat reuses traces, ``export/tracing.py``)
     example_inputs(spec, ex)     example tensors for tracing, by input name
     validation_cases(graph, c)   inputs at several sizes, checked against the reference
     trt_axes(graph, phase, ctx)  a TensorRT (min, opt, max) range per named axis and phase
@@ -37,6 +39,11 @@ class GraphKind:
 
     def module(self, spec: GraphSpec, weights, config):
         raise NotImplementedError(f"graph kind {self.name!r} has no module factory")
+
+    def onnx_model(self, spec: GraphSpec, module, *, tracer, examples: "Examples", weights, config):
+        """The optimised ONNX IR model of ``spec``, weights as value-less initializers named by
+        ``module``'s parameters (``onnx_writer.write_graph`` fills them)."""
+        return tracer.trace(module, spec, examples.inputs(self, spec))
 
     def example_inputs(self, spec: GraphSpec, ex: "Examples") -> dict:
         """Example tensors by input name; inputs left out get ``ex.default``."""

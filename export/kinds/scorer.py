@@ -60,6 +60,16 @@ class Scorer(GraphKind):
                            text_config=text_config_dict(config), uses_ttv=a["uses_ttv"], uses_iga=a["uses_iga"],
                            alpha=a["alpha"])
 
+    def onnx_model(self, spec, module, *, tracer, examples, weights, config):
+        # the scorers of a schedule are one computation on another layer's q/k weights (or none):
+        # traced once, by what the module is made of
+        from ..tracing import parameter_signature
+
+        a = spec.attrs
+        key = ("scorer", spec.inputs, spec.outputs, a["uses_ttv"], a["uses_iga"], a["alpha"],
+               parameter_signature(module))
+        return tracer.once(key, lambda: tracer.trace(module, spec, examples.inputs(self, spec)))
+
     def example_inputs(self, spec, ex):
         batch, seq = ex.shape(spec.inputs[0])[:2]
         # a consistent image span and keep count: ``alive`` tokens from position 3 or 4, half kept

@@ -52,6 +52,18 @@ def spec(facts, schedule: Schedule, index: int) -> GraphSpec:
                             "kv": [list(pair) for pair in kv], "position_shift": shift})
 
 
+def _one_layer(spec: GraphSpec, number: int, wants_ttv: bool) -> GraphSpec:
+    """The spec of a segment of layer ``number`` alone (a layer pattern, export/layer_reuse.py)."""
+    own = {name for triple in kv_names(number) for name in triple}
+    inputs = tuple(t for t in spec.inputs if "." not in t.name or t.name in own)
+    outputs = tuple(t for t in spec.outputs if (t.name != "ttv" and "." not in t.name) or t.name in own)
+    if wants_ttv:
+        outputs += (TensorSpec("ttv", "float32", ("batch", "seq")),)
+    return GraphSpec(f"{spec.name}.layer_{number}", "segment", inputs, outputs, layers=(number, number),
+                     attrs={"ttv_layers": [number] if wants_ttv else [], "kv": [list(p) for p in kv_names(number)],
+                            "position_shift": spec.attrs["position_shift"]})
+
+
 class Segment(GraphKind):
     name = "segment"
 
@@ -63,6 +75,22 @@ class Segment(GraphKind):
         first, last = spec.layers
         return SegmentGraph(weights, first=first, last=last, text_config=text_config_dict(config),
                             ttv_layers=tuple(spec.attrs["ttv_layers"]))
+
+    def onnx_model(self, spec, module, *, tracer, examples, weights, config):
+        # one traced layer, copied for every layer (export/layer_reuse.py): a TTV layer's where the
+        # segment has TTV layers
+        from ..layer_reuse import LayerPattern, compose_segment
+        from ..tracing import parameter_signature
+
+        first, last = spec.layers
+        ttv = [n for n in range(first, last + 1) if n in set(spec.attrs["ttv_layers"])]
+        number = ttv[0] if ttv else first
+        layer_spec = _one_layer(spec, number, bool(ttv))
+        layer = self.module(layer_spec, weights, config)
+        key = ("layer", bool(ttv), layer_spec.inputs[:3], parameter_signature(layer))
+        pattern = tracer.once(key, lambda: LayerPattern.of(
+            tracer.trace(layer, layer_spec, examples.inputs(self, layer_spec)), layer=number), copy=False)
+        return compose_segment(spec, pattern)
 
     def example_inputs(self, spec, ex):
         batch, seq = ex.shape(spec.inputs[0])[:2]
