@@ -34,7 +34,8 @@ wrong answers and exceptions in full, the RSS samples and the time of every soak
 Exits 1 if any answer was wrong, any exception was raised, a worker hung, the reference answers
 were all alike or the RSS slope passed ``--max-rss-slope``; 0 otherwise.
 
-The benchmark itself is ``transprune.bench.soak``; this script is its command line.
+The benchmark itself is ``transprune.bench.soak`` (its requests in ``soak_requests``, its verdict in
+``soak_report``); this script is its command line.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import os
 import sys
 from pathlib import Path
 
-from transprune.bench import soak
+from transprune.bench import soak, soak_report
 from transprune.bench.output import log, write_json
 
 DEFAULT_OUT = Path("exports") / "soak.json"
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_args(parser, args)
     report = soak.run(soak.Settings.from_args(args), save=lambda report: write_json(args.out, report))
-    for line in soak.summary(report):
+    for line in soak_report.summary(report):
         print(line)
     print(f"JSON: {args.out}")
     for failure in report["failures"]:

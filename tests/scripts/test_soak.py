@@ -24,12 +24,12 @@ import pytest
 pytest.importorskip("torch")  # the paper_build fixture exports
 pytest.importorskip("onnxruntime")
 
-from transprune.bench import soak  # noqa: E402
+from transprune.bench import soak, soak_report, soak_requests  # noqa: E402
 from transprune.bench.rss import current_rss_bytes  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
 GENERATIONS, WORKERS, PER_WORKER, NEW_TOKENS = 12, 2, 3, 4
-REQUESTS = len(soak.IMAGES) * len(soak.PROMPTS) * 2
+REQUESTS = len(soak_requests.IMAGES) * len(soak_requests.PROMPTS) * 2
 
 
 def load_script():
@@ -74,7 +74,7 @@ def test_config_requests_and_reference(report):
     assert config["machine"]["versions"]["onnxruntime"] and config["loadavg_after"] is not None
     assert config["requests"] == REQUESTS == len(data["requests"])
     assert len({r["name"] for r in data["requests"]}) == REQUESTS
-    assert len({r["image"] for r in data["requests"]}) == len(soak.IMAGES)
+    assert len({r["image"] for r in data["requests"]}) == len(soak_requests.IMAGES)
     assert {r["temperature"] for r in data["requests"]} == {0.0, config["temperature"]}
     seeds = [r["seed"] for r in data["requests"] if r["temperature"] > 0]
     assert len(seeds) == REQUESTS // 2 == len(set(seeds))
@@ -120,7 +120,7 @@ def test_thread_phases_account_for_every_generation(report):
 
 def test_exit_code_and_summary_follow_the_failures(report):
     data, code, stdout, _ = report
-    assert data["failures"] == soak.failures(data)
+    assert data["failures"] == soak_report.failures(data)
     assert code == (1 if data["failures"] else 0)
     lines = stdout.splitlines()
     assert lines[0].startswith(f"soak: {GENERATIONS} generations on one Pipeline")
@@ -133,11 +133,11 @@ def test_exit_code_and_summary_follow_the_failures(report):
 
 def test_a_corrupted_reference_is_counted_and_fails_the_run(report, tmp_path, monkeypatch, capsys):
     data, _, _, build = report
-    answers = [soak.Answer(list(a["tokens"]), a["text"]) for a in data["reference"]["answers"]]
+    answers = [soak_requests.Answer(list(a["tokens"]), a["text"]) for a in data["reference"]["answers"]]
     tokens0 = list(answers[0].tokens)
     tokens0[-1] = (tokens0[-1] + 1) % 50
-    answers[0] = soak.Answer(tokens0, answers[0].text + " (corrupted)")
-    answers[4] = soak.Answer(answers[4].tokens, answers[4].text + " (corrupted)")  # text only: streams see it
+    answers[0] = soak_requests.Answer(tokens0, answers[0].text + " (corrupted)")
+    answers[4] = soak_requests.Answer(answers[4].tokens, answers[4].text + " (corrupted)")  # text only: streams see it
     checks = {"distinct_answers": data["reference"]["distinct_answers"], "stream_differs_from_generate": [],
               "wall_s": 0.0}
     monkeypatch.setattr(soak, "reference_answers", lambda build, requests, settings: (answers, checks))
@@ -160,36 +160,6 @@ def test_a_corrupted_reference_is_counted_and_fails_the_run(report, tmp_path, mo
     assert any(f.startswith("one Pipeline per thread: 2 of 6 answers wrong") for f in corrupted["failures"])
     assert "FAILED: soak: 2 of 12 answers wrong" in capsys.readouterr().err
     assert f"wrong answers: soak 2/{GENERATIONS}" in stdout
-
-
-def test_identical_reference_answers_fail():
-    report = {"config": {"max_rss_slope": None}, "requests": [{}] * 3,
-              "reference": {"distinct_answers": 1, "stream_differs_from_generate": []}}
-    assert any("all alike" in f for f in soak.failures(report))
-
-
-def test_mismatch():
-    want = soak.Answer([1, 2, 3], "a b c")
-    assert soak.mismatch(soak.Answer([1, 2, 3], "a b c"), want) is None
-    assert soak.mismatch(soak.Answer([1, 2, 4], "a b c"), want).startswith("tokens")
-    assert soak.mismatch(soak.Answer(None, "a b c"), want) is None  # streamed: the text is all there is
-    assert soak.mismatch(soak.Answer(None, "a b"), want).startswith("text")
-
-
-def test_rss_summary_slope_is_mib_per_100_generations_over_the_second_half():
-    mib = 2**20
-    flat = [(n, 300 * mib) for n in range(11)]
-    assert soak.rss_summary(flat)["slope_mib_per_100_second_half"] == 0
-    # flat, then growing 1 MiB every 10 generations over the second half
-    growing = [(n, int((300 + max(0, n - 50) / 10) * mib)) for n in range(101)]
-    summary = soak.rss_summary(growing)
-    assert summary["slope_mib_per_100_second_half"] == pytest.approx(10, abs=0.01)
-    assert (summary["start_mib"], summary["end_mib"], summary["max_mib"], summary["growth_mib"]) == (300, 305, 305, 5)
-    report = {"config": {"max_rss_slope": 5.0}, "requests": [], "reference": {}, "soak": {
-        "rss": summary, "wrong": 0, "exceptions": 0, "checked": 100, "errors": {},
-        "warmup": {"wrong": 0, "exceptions": 0, "checked": 1, "errors": {}}}}
-    assert any("RSS grows" in f for f in soak.failures(report))
-    assert soak.rss_summary([(0, None)])["slope_mib_per_100_second_half"] is None
 
 
 def test_current_rss():

@@ -4,9 +4,9 @@ reference.
 
 In this one process:
 
-1. requests: every (image, prompt, decoding) of :data:`IMAGES` x :data:`PROMPTS` x {greedy,
-   sampled}; a sampled request has temperature ``temperature`` and a seed of its own. EOS is
-   ignored (the benchmark models are random), so every answer is exactly ``new_tokens`` tokens;
+1. requests (:mod:`.soak_requests`): every (image, prompt, decoding) of ``IMAGES`` x ``PROMPTS`` x
+   {greedy, sampled}; a sampled request has temperature ``temperature`` and a seed of its own. EOS
+   is ignored (the benchmark models are random), so every answer is exactly ``new_tokens`` tokens;
 2. reference: each request answered once, single-threaded, on a fresh Pipeline of its own (opened,
    used once through ``generate`` and once through ``stream``, closed). Its tokens and text are
    what every later answer must equal. The reference answers must not all be alike, or an answer
@@ -29,178 +29,25 @@ In this one process:
 
 A run fails on any wrong answer or exception in any phase, a hung worker, reference answers all
 alike, a streamed reference text that differs from the generated one, or an RSS slope above
-``max_rss_slope`` when one is set: :func:`failures` lists why, and the script exits 1.
+``max_rss_slope`` when one is set: :func:`.soak_report.failures` lists why, and the script exits 1.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import statistics
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from .export_and_runtime import open_pipeline
 from .machine import loadavg, machine_info
 from .output import log
 from .rss import current_rss_bytes
+from .soak_report import MIB, failures, rss_summary
+from .soak_requests import Answer, Request, Tally, answer, make_requests, open_runtime
 
-MIB = 2**20
-PROMPTS = (
-    "Describe the picture in detail: what is in it, the colours, and where everything is.",
-    "What is in this image?",
-    "Is there a house? Answer in one word, then explain why.",
-)
 STREAM_EVERY = 3  # in the thread phases, worker w's i-th generation streams when (i + w) % 3 == 2
-MAX_DETAILS = 20  # wrong answers and exceptions recorded in full per phase (all are counted)
-
-
-# -- the requests --------------------------------------------------------------------------------
-
-def noise_image(width: int, height: int, seed: int):
-    """Seeded uniform RGB noise."""
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def shapes_image(width: int, height: int, seed: int):
-    """Seeded geometry: a checkerboard under concentric rings and a diagonal band, colours from the seed."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    colours = rng.integers(0, 256, size=(4, 3)).astype(np.float64)
-    y, x = np.mgrid[0:height, 0:width]
-    img = np.where((((x // 24) + (y // 24)) % 2 == 0)[..., None], colours[0], colours[1])
-    r = np.hypot(x - width * 0.6, y - height * 0.4)
-    img = np.where((((r // 18) % 2 == 0) & (r < min(width, height) * 0.35))[..., None], colours[2], img)
-    img = np.where((np.abs(x - y * width / height) < width * 0.05)[..., None], colours[3], img)
-    return Image.fromarray(img.astype(np.uint8))
-
-
-def _sample(width: int, height: int, seed: int):
-    from transprune.sample_image import sample_image
-
-    return sample_image(width=width, height=height, seed=seed)
-
-
-# (name, make, width, height, seed): the pictures every request is made of
-IMAGES = (
-    ("scene 480x360", _sample, 480, 360, 0),  # transprune.sample_image's default picture
-    ("scene 300x500", _sample, 300, 500, 1),
-    ("noise 640x480", noise_image, 640, 480, 7),
-    ("shapes 256x256", shapes_image, 256, 256, 11),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-    index: int
-    name: str  # "<image> | prompt <p> | greedy" or "... | sampled seed <s>"
-    image: object  # PIL image, shared read-only by every thread
-    prompt: str
-    temperature: float
-    seed: int | None
-
-    def options(self, new_tokens: int) -> dict:
-        return {"max_new_tokens": new_tokens, "temperature": self.temperature, "seed": self.seed}
-
-    def describe(self) -> dict:
-        return {"index": self.index, "name": self.name, "image": self.name.split(" | ")[0],
-                "image_size": list(self.image.size), "prompt": self.prompt, "temperature": self.temperature,
-                "seed": self.seed}
-
-
-def make_requests(temperature: float) -> list[Request]:
-    """Every image x prompt x {greedy, sampled at ``temperature`` with a seed of its own}."""
-    requests = []
-    for name, make, width, height, seed in IMAGES:
-        image = make(width, height, seed)
-        for p, prompt in enumerate(PROMPTS):
-            for sampled in (False, True):
-                index = len(requests)
-                request_seed = 1000 + index if sampled else None
-                label = f"{name} | prompt {p} | " + (f"sampled seed {request_seed}" if sampled else "greedy")
-                requests.append(Request(index, label, image, prompt, temperature if sampled else 0.0, request_seed))
-    return requests
-
-
-# -- answers and their check ---------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    tokens: list[int] | None  # None for a streamed answer (only its text is known)
-    text: str
-
-
-def open_runtime(build: Path, threads: int):
-    """A Pipeline on ``build`` with EOS ignored, so every answer is exactly ``new_tokens`` long."""
-    pipeline = open_pipeline(build, threads=threads)
-    pipeline.build.eos_token_id = None
-    return pipeline
-
-
-def answer(pipeline, request: Request, new_tokens: int, *, stream: bool = False) -> Answer:
-    if stream:
-        return Answer(None, "".join(pipeline.stream(request.image, request.prompt, **request.options(new_tokens))))
-    result = pipeline.generate(request.image, request.prompt, **request.options(new_tokens))
-    return Answer(list(result.tokens), result.text)
-
-
-def mismatch(got: Answer, want: Answer) -> str | None:
-    """Why ``got`` is not the reference answer ``want`` (None: it is). A streamed answer is judged by its text."""
-    if got.tokens is not None and got.tokens != want.tokens:
-        return f"tokens {got.tokens} != reference {want.tokens}"
-    if got.text != want.text:
-        return f"text {got.text!r} != reference {want.text!r}"
-    return None
-
-
-class Tally:
-    """Wrong answers and exceptions of one phase: every one counted, the first few recorded in full.
-    Thread-safe (the thread phases share one)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.checked = self.wrong = self.exceptions = 0
-        self.wrong_details: list[dict] = []
-        self.by_error: collections.Counter = collections.Counter()
-        self.error_details: list[dict] = []
-        self.wrong_by_request: collections.Counter = collections.Counter()
-
-    def check(self, got: Answer, want: Answer, request: Request, where: dict) -> bool:
-        why = mismatch(got, want)
-        with self.lock:
-            self.checked += 1
-            if why is None:
-                return True
-            self.wrong += 1
-            self.wrong_by_request[request.index] += 1
-            if len(self.wrong_details) < MAX_DETAILS:
-                self.wrong_details.append({**where, "request": request.index, "streamed": got.tokens is None,
-                                           "why": why})
-        return False
-
-    def error(self, exc: BaseException, request: Request, where: dict) -> None:
-        key = f"{type(exc).__name__}: {str(exc)[:300]}"
-        with self.lock:
-            self.exceptions += 1
-            self.by_error[key] += 1
-            if len(self.error_details) < MAX_DETAILS:
-                self.error_details.append({**where, "request": request.index, "error": key,
-                                           "traceback": traceback.format_exc(limit=8)[-3000:]})
-
-    def to_dict(self) -> dict:
-        return {"checked": self.checked, "wrong": self.wrong, "exceptions": self.exceptions,
-                "wrong_by_request": dict(sorted(self.wrong_by_request.items())),
-                "errors": dict(self.by_error.most_common()), "wrong_details": self.wrong_details,
-                "error_details": self.error_details}
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -265,29 +112,6 @@ def reference_answers(build: Path, requests: list[Request], settings: Settings) 
     log(f"reference: {len(requests)} requests, {distinct} distinct answers, {time.perf_counter() - started:.1f} s")
     return answers, {"distinct_answers": distinct, "stream_differs_from_generate": stream_differs,
                      "wall_s": round(time.perf_counter() - started, 2)}
-
-
-def least_squares_slope(xs: list[float], ys: list[float]) -> float | None:
-    if len(xs) < 2:
-        return None
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    var = sum((x - mx) ** 2 for x in xs)
-    return None if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
-
-
-def rss_summary(samples: list[tuple[int, int]]) -> dict:
-    """RSS samples ``(generations done, bytes)``, the first taken after the warm-up, in MiB."""
-    if not samples or samples[0][1] is None:
-        return {"start_mib": None, "end_mib": None, "max_mib": None, "growth_mib": None,
-                "slope_mib_per_100_second_half": None, "slope_mib_per_100_all": None}
-    mib = [(n, b / MIB) for n, b in samples]
-    second = mib[len(mib) // 2:]
-    slope_half = least_squares_slope([n for n, _ in second], [m for _, m in second])
-    slope_all = least_squares_slope([n for n, _ in mib], [m for _, m in mib])
-    return {"start_mib": round(mib[0][1], 2), "end_mib": round(mib[-1][1], 2),
-            "max_mib": round(max(m for _, m in mib), 2), "growth_mib": round(mib[-1][1] - mib[0][1], 2),
-            "slope_mib_per_100_second_half": None if slope_half is None else round(slope_half * 100, 4),
-            "slope_mib_per_100_all": None if slope_all is None else round(slope_all * 100, 4)}
 
 
 def soak(build: Path, requests: list[Request], reference: list[Answer], settings: Settings) -> dict:
@@ -405,35 +229,6 @@ def threads_control(build: Path, requests: list[Request], reference: list[Answer
 
 # -- the whole run -------------------------------------------------------------------------------
 
-def failures(report: dict) -> list[str]:
-    """Why the run failed (empty: it passed)."""
-    out = []
-    ref = report.get("reference") or {}
-    if ref and ref["distinct_answers"] < 2:
-        out.append(f"the {len(report['requests'])} reference answers are all alike: a wrong answer would pass unseen")
-    for entry in ref.get("stream_differs_from_generate", []):
-        out.append(f"reference: request {entry['request']} streamed {entry['stream']!r}, "
-                   f"generated {entry['generate']!r}")
-    phases = {"soak warm-up": (report.get("soak") or {}).get("warmup"), "soak": report.get("soak"),
-              "threads sharing one Pipeline": report.get("threads_shared"),
-              "one Pipeline per thread": report.get("threads_control")}
-    for name, phase in phases.items():
-        if not phase:
-            continue
-        if phase["wrong"]:
-            out.append(f"{name}: {phase['wrong']} of {phase['checked']} answers wrong")
-        if phase["exceptions"]:
-            kinds = "; ".join(f"{count} x {error}" for error, count in list(phase["errors"].items())[:3])
-            out.append(f"{name}: {phase['exceptions']} exceptions ({kinds})")
-        if phase.get("hung_workers"):
-            out.append(f"{name}: workers {phase['hung_workers']} still running after the join timeout")
-    slope = ((report.get("soak") or {}).get("rss") or {}).get("slope_mib_per_100_second_half")
-    limit = report["config"]["max_rss_slope"]
-    if limit is not None and slope is not None and slope > limit:
-        out.append(f"soak: RSS grows {slope:.3f} MiB per 100 generations (second half), above {limit}")
-    return out
-
-
 def run(settings: Settings, *, reference: list[Answer] | None = None,
         save: Callable[[dict], None] | None = None) -> dict:
     """Every phase; -> the JSON report (``failures`` in it). ``reference`` replaces the computed
@@ -480,37 +275,3 @@ def run(settings: Settings, *, reference: list[Answer] | None = None,
     report["failures"] = failures(report)
     save(report)
     return report
-
-
-def summary(report: dict) -> list[str]:
-    """The few lines the script prints."""
-    config, soaked = report["config"], report["soak"]
-    rss = soaked["rss"]
-
-    def mib(value):
-        return "-" if value is None else f"{value:.1f} MiB"
-
-    slope = rss["slope_mib_per_100_second_half"]
-    lines = [
-        f"soak: {soaked['generations']} generations on one Pipeline ({Path(config['build']['path']).name}, "
-        f"{config['requests']} distinct requests, {config['new_tokens']} new tokens, "
-        f"{config['threads']} onnxruntime threads): {soaked['wall_s']:.1f} s, "
-        f"{soaked['ms_per_generation']['median']:.1f} ms/generation median "
-        f"(first tenth {soaked['ms_per_generation']['median_first_tenth']:.1f}, "
-        f"last tenth {soaked['ms_per_generation']['median_last_tenth']:.1f})",
-        f"RSS: start {mib(rss['start_mib'])}, end {mib(rss['end_mib'])}, max {mib(rss['max_mib'])}, "
-        f"slope {'-' if slope is None else f'{slope:+.3f}'} MiB per 100 generations (second half)",
-        f"wrong answers: soak {soaked['wrong']}/{soaked['checked']} (+ warm-up {soaked['warmup']['wrong']}/"
-        f"{soaked['warmup']['checked']}), errors {soaked['exceptions'] + soaked['warmup']['exceptions']}; "
-        f"reference: {report['reference']['distinct_answers']} distinct answers of {config['requests']}",
-    ]
-    for key, label in (("threads_shared", "sharing one Pipeline"), ("threads_control", "one Pipeline per thread")):
-        phase = report.get(key)
-        if phase:
-            hung = f", hung workers {phase['hung_workers']}" if phase["hung_workers"] else ""
-            lines.append(f"{phase['workers']} threads {label}: wrong answers {phase['wrong']}/{phase['checked']} "
-                         f"({phase['streamed']} of {phase['generations']} streamed), errors {phase['exceptions']}"
-                         f"{hung}, {phase['wall_s']:.1f} s")
-            for error, count in list(phase["errors"].items())[:3]:
-                lines.append(f"  {count} x {error}")
-    return lines
