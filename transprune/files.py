@@ -12,12 +12,19 @@ create), one rule for every CLI and API function: ``refuse_overlap`` refuses an 
 contains or lies inside one of the command's inputs (the checkpoint, the build, the image), with
 symlinks resolved; ``check_writable`` refuses, before any work, an output that is a directory where
 a file is meant (or the reverse), under a file, or in a directory this process cannot write.
+
+A disk that fills up midway is the user's to fix too (issue 28): ``is_disk_full`` recognises the
+failed write (ENOSPC, EDQUOT, or numpy's errno-less short write, which onnx_ir's external data goes
+through), and ``atomic_writer`` and the exporter's ``staged_output`` turn it, once they have taken
+back what they wrote, into ``DiskFull``: one line naming the path and what was being written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -25,24 +32,95 @@ from typing import Iterable, Mapping
 
 from .errors import TransPruneError
 
-__all__ = ["atomic_writer", "check_writable", "create_hidden", "create_parents", "hidden_sibling", "is_within", "refuse_overlap",
-           "remove_created", "replace_directory", "write_atomic"]
+__all__ = ["DiskFull", "atomic_writer", "check_writable", "create_hidden", "create_parents", "hidden_sibling",
+           "is_disk_full", "is_within", "refuse_overlap", "remove_created", "replace_directory", "tree_bytes",
+           "write_atomic"]
 
 _ATTEMPTS = 100  # temporary names are random: a clash means another writer, so try another name
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes | memoryview) -> None:
+# numpy's ndarray.tofile when fwrite comes up short (a full disk): an OSError without an errno
+_SHORT_WRITE = re.compile(r"(\d+) requested and (\d+) written")
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFull(TransPruneError):
+    """A write that failed for want of room on its disk: one line naming the path and what was
+    being written, said once what was written has been taken back."""
+
+    def __init__(self, path: str | os.PathLike, what: str, *, remedy: str = "write it to another disk",
+                 needed: int | None = None) -> None:
+        self.path, self.what, self.remedy, self.needed = Path(path), what, remedy, needed
+        need = f", which needs about {_size(needed)}" if needed else ""
+        super().__init__(f"no space left on the disk holding {path} while writing {what}{need}; nothing of it was "
+                         f"kept: free space or {remedy}")
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB"
+
+
+def is_disk_full(exc: BaseException, where: str | os.PathLike, *, written: int = 0) -> bool:
+    """Whether ``exc`` is a write into ``where`` (a file or directory on the disk written to) that
+    failed because that disk is full: ENOSPC or EDQUOT, or numpy's short write ("2048 requested
+    and 1024 written", no errno) on a disk with less room left than the part not written, or than
+    ``written``, what the failing command has written there so far (and is about to take back).
+
+    Why ``written``: onnx_ir writes a graph's weights to a temporary file that it removes when the
+    write fails, so by the time the error arrives that file's room is free again; a disk with less
+    room than the build already holds was filled by it. A short write on a disk with more room
+    than that has another cause (a file size limit, an I/O error) and keeps its traceback. Call
+    this before removing what the failed command wrote, which frees the room again."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in _FULL_ERRNOS:
+        return True
+    match = _SHORT_WRITE.fullmatch(str(exc)) if exc.errno is None else None
+    if match is None or int(match[2]) >= int(match[1]):
+        return False
+    existing = Path(where)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free  # what this user may still write (statvfs f_bavail)
+    except OSError:
+        return False
+    return free < max(int(match[1]) - int(match[2]), written)  # items not written: a byte each at least
+
+
+def tree_bytes(directory: str | os.PathLike) -> int:
+    """The bytes the files under ``directory`` take on disk (symlinks not followed; 0 if unreadable)."""
+    total = 0
+    for root, _, names in os.walk(directory):
+        for name in names:
+            try:
+                status = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            total += getattr(status, "st_blocks", 0) * 512 or status.st_size
+    return total
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes | memoryview, *, what: str | None = None,
+                 remedy: str | None = None) -> None:
     """Writes ``data`` (text as UTF-8) to ``path`` atomically; the new file gets the permissions a
-    plain ``open(path, "w")`` would give it (0o666 less the umask)."""
+    plain ``open(path, "w")`` would give it (0o666 less the umask). ``what`` and ``remedy`` word
+    the ``DiskFull`` a full disk raises (``atomic_writer``)."""
     payload = data.encode("utf-8") if isinstance(data, str) else data  # bytes-like: written without a copy
-    with atomic_writer(path) as file:
+    with atomic_writer(path, what=what, remedy=remedy) as file:
         file.write(payload)
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike):
+def atomic_writer(path: str | os.PathLike, *, what: str | None = None, remedy: str | None = None):
     """A binary file to write ``path``'s new content into, piece by piece (an engine streamed out of
-    TensorRT's builder); it replaces ``path`` only when the ``with`` block ends without an error."""
+    TensorRT's builder); it replaces ``path`` only when the ``with`` block ends without an error.
+
+    A write that failed fails the whole file even if the block caught the error (TensorRT's builder
+    catches what its stream writer raises, and reports success with the engine cut short). A write,
+    flush or fsync that fails because the disk is full (``is_disk_full``) becomes ``DiskFull``
+    naming ``path`` and ``what`` (default: ``path``'s name), with ``remedy`` (default: write it to
+    another disk), once the temporary file is gone: ``path`` is as it was."""
     path = Path(path)
     claimed: list[Path] = []
     try:
@@ -51,17 +129,41 @@ def atomic_writer(path: str | os.PathLike):
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         temporary, fd = create_hidden(path, ".partial", lambda name: os.open(name, flags, 0o666), claimed)
         with os.fdopen(fd, "wb") as file:
-            yield file
+            recording = _FailedWrites(file)
+            yield recording
+            if recording.failure is not None:
+                raise recording.failure
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:  # KeyboardInterrupt and SIGTERM too: never leave a half-written temporary file
+    except BaseException as exc:  # KeyboardInterrupt and SIGTERM too: never leave a half-written temporary file
+        full = is_disk_full(exc, path.parent)  # before the temporary goes, and the room with it
         for temporary in claimed:
             try:
                 os.unlink(temporary)
             except OSError:
                 pass
+        if full:
+            raise DiskFull(path, what or path.name, **({"remedy": remedy} if remedy else {})) from None
         raise
+
+
+class _FailedWrites:
+    """A file whose ``write`` remembers the first exception it raised (``failure``); all else is the file's."""
+
+    def __init__(self, file) -> None:
+        self._file, self.failure = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except BaseException as exc:
+            if self.failure is None:
+                self.failure = exc
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
 
 
 def create_hidden(beside: str | os.PathLike, suffix: str, create, claimed: list) -> tuple:
