@@ -15,8 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from transprune import staging as leftovers
 from transprune.errors import TransPruneError
-from transprune.files import check_writable, create_hidden, create_parents, remove_created, replace_directory
+from transprune.files import (DiskFull, check_writable, create_hidden, create_parents, is_disk_full, remove_created,
+                              replace_directory, tree_bytes)
 from transprune.runtime.manifest import MANIFEST, SCHEMA_VERSION, manifest_files
 
 
@@ -41,27 +43,60 @@ def check_out(out: Path, *, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def staged_output(out: Path, *, force: bool) -> Iterator[Path]:
+def staged_output(out: Path, *, force: bool, command: str = "transprune-export") -> Iterator[Path]:
     """Yields a new hidden directory beside ``out`` to write a whole build into; when the block ends
     normally, ``out`` is checked again (it had time to change) and replaced by it in one step.
 
     If the block fails or is interrupted (Ctrl-C, SIGTERM), the staging directory and any parent
-    directories this made are removed and the exception propagates: ``out`` is as it was.
+    directories this made are removed and the exception propagates: ``out`` is as it was. A full
+    disk (``transprune.files.is_disk_full``) propagates as ``DiskFull`` naming ``out`` and the file
+    last written. SIGKILL cleans up nothing: so the staging directory carries a marker of
+    ``command`` (``transprune.staging``), and one that a run of ``command`` killed earlier left
+    beside the same ``out`` is removed here, with a notice on stderr, before the new one is made
+    (it may hold the room the new one needs).
     """
     check_out(out, force=force)
     created, claimed = [], []  # appended to before each is made: an interrupt midway still knows them
+
+    def make(name: Path) -> None:
+        # a plain mkdir (not mkdtemp's 0o700): a build is read by other users and tools, like its files
+        os.mkdir(name)
+        leftovers.mark(name, command=command, out=out)
+
     try:
         create_parents(out, created)
-        # a plain mkdir (not mkdtemp's 0o700): a build is read by other users and tools, like its files
-        staging, _ = create_hidden(out, "", os.mkdir, claimed)
+        leftovers.remove_leftovers(out, command=command, what="an export")
+        staging, _ = create_hidden(out, "", make, claimed)
         yield staging
         check_out(out, force=force)
+        leftovers.unmark(staging)  # the build holds its own files only (_check_replaceable)
         replace_directory(staging, out)
-    except BaseException:
+    except BaseException as exc:
+        # a full disk is told by the room left, so before the staging directory goes and frees it
+        full = isinstance(exc, OSError) and is_disk_full(exc, out.parent,
+                                                         written=tree_bytes(claimed[-1]) if claimed else 0)
+        name = _being_written(exc, claimed[-1]) if full and claimed else None
         for directory in claimed:
             shutil.rmtree(directory, ignore_errors=True)
         remove_created(created)
+        if full:
+            raise DiskFull(out, f"the build{f' ({name})' if name else ''}",
+                           remedy="pass --out on another disk") from None
         raise
+
+
+def _being_written(exc: OSError, staging: Path) -> str | None:
+    """The name of the build's file that a failed write was writing: the error's, or else (numpy's
+    short write names none) the file in ``staging`` modified last."""
+    if isinstance(exc.filename, (str, os.PathLike)) and os.path.dirname(os.fspath(exc.filename)) == str(staging):
+        name = os.path.basename(os.fspath(exc.filename))
+        return name if name != leftovers.MARKER else None
+    try:
+        files = [entry for entry in os.scandir(staging) if entry.is_file(follow_symlinks=False)
+                 and entry.name != leftovers.MARKER]
+        return max(files, key=lambda entry: entry.stat(follow_symlinks=False).st_mtime_ns).name if files else None
+    except OSError:
+        return None
 
 
 def _check_replaceable(out: Path) -> None:
