@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from transprune.errors import TransPruneError
-from transprune.files import write_atomic
+from transprune.files import DiskFull, write_atomic
 from transprune.runtime.backend import Backend
 from transprune.runtime.build import Build
 from transprune.runtime.manifest import resolve_inside
@@ -75,7 +75,10 @@ def build_engines(plan: dict, build: Build, engine_dir: Path, *, timing_cache: P
                            strongly_typed=bool(plan.get("strongly_typed")))
         add_profiles(parsed, config, profiles)
         path = resolve_inside(engine_dir, engine["engine"])
-        size = build_to_file(parsed, config, graph=graph, path=path)
+        try:
+            size = build_to_file(parsed, config, graph=graph, path=path)
+        except DiskFull as exc:  # atomic_writer names the file; this names the engine
+            raise DiskFull(exc.path, f"the {graph} engine", remedy="pass --out on another disk") from None
         cache = timing_cache_bytes(config) if timing_cache is not None else None
         del parsed, config  # the builder's copy of the weights goes before the next graph's arrive
         seconds = time.perf_counter() - started
@@ -84,7 +87,7 @@ def build_engines(plan: dict, build: Build, engine_dir: Path, *, timing_cache: P
         written.append(path)
         log(f"    {path.name}: {size / 2**20:.1f} MiB in {seconds:.1f} s")
     if timing_cache is not None and cache:
-        write_atomic(timing_cache, cache)
+        write_atomic(timing_cache, cache, what="the timing cache", remedy="pass --timing-cache on another disk")
     return written
 
 

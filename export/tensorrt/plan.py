@@ -249,8 +249,9 @@ def write_plan(plan: dict, engine_dir: Path) -> tuple[Path, Path]:
     """Writes plan.json and the build script into ``engine_dir`` (each atomically)."""
     engine_dir.mkdir(parents=True, exist_ok=True)
     plan_path, script_path = engine_dir / PLAN_FILE, engine_dir / SCRIPT_FILE
-    write_atomic(plan_path, json.dumps(plan, indent=1) + "\n")
-    write_atomic(script_path, build_script(plan))
+    elsewhere = "pass --out on another disk"
+    write_atomic(plan_path, json.dumps(plan, indent=1) + "\n", what="the build plan", remedy=elsewhere)
+    write_atomic(script_path, build_script(plan), what="the build script", remedy=elsewhere)
     script_path.chmod(0o755)
     return plan_path, script_path
 

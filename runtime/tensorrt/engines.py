@@ -290,7 +290,7 @@ def write_metadata(engine: dict, plan: dict, path: Path, platform: Platform, *, 
     meta = make_metadata(engine, plan, platform, engine_sha256=sha256(path), built_with=built_with,
                          build_seconds=build_seconds)
     out = metadata_path(path)
-    write_atomic(out, json.dumps(meta, indent=1) + "\n")
+    write_atomic(out, json.dumps(meta, indent=1) + "\n", what="the engine's metadata")
     return out
 
 

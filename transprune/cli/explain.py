@@ -63,10 +63,11 @@ def run(args) -> dict:
     picture = draw(explanation)
     png = io.BytesIO()
     picture.save(png, format="PNG")
-    write_atomic(args.out, png.getvalue())  # an interrupted run leaves no half file
+    # an interrupted run, or a full disk, leaves no half file
+    write_atomic(args.out, png.getvalue(), what="the PNG", remedy="pass --out on another disk")
     report = {"image": str(args.image), "prompt": args.prompt, "png": str(args.out), **explanation.to_dict()}
     if args.json:
-        write_atomic(args.json, json.dumps(report) + "\n")
+        write_atomic(args.json, json.dumps(report) + "\n", what="the scores", remedy="pass --json on another disk")
     counts = " -> ".join(str(n) for n in [explanation.n_image, *(s.keep for s in explanation.stages)])
     print(f"image tokens {counts}; wrote {args.out} ({picture.width}x{picture.height})"
           f"{f' and {args.json}' if args.json else ''}", file=sys.stderr)
