@@ -177,7 +177,7 @@ class TransPruneReference:
         layer = self.lm.layers[index]
         attn_in = layer.input_layernorm(hidden)
         attn_out, _ = layer.self_attn(
-            hidden_states=attn_in, position_embeddings=rope, attention_mask=mask, past_key_values=cache
+            hidden_states=attn_in, position_embeddings=rope, attention_mask=mask, **{_cache_keyword(layer.self_attn): cache}
         )
         hidden = hidden + attn_out
         ffn_in = layer.post_attention_layernorm(hidden)
@@ -314,3 +314,11 @@ def encode_inputs(processor, images: list, prompts: list[str]) -> dict:
     ]
     processor.tokenizer.padding_side = "left"
     return processor(images=images, text=texts, return_tensors="pt", padding=True)
+
+
+def _cache_keyword(attention) -> str:
+    """The name transformers' attention takes the KV cache by: ``cache`` from 5.25 on (it warns,
+    once per call, that ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(attention.forward).parameters else "past_key_values"
