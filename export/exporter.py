@@ -98,7 +98,7 @@ def export_model(*, model: str = "tiny", out: Path, schedule: Schedule, dtype: s
     needed = _estimated_bytes(checkpoint_weights, dtype, int4)
 
     examples = Examples(weights.dtype, n_image=facts.n_image, image_token_id=facts.image_token_id)
-    tracer = Tracer(opset=opset)  # one for the build: what repeats is traced once
+    tracer = Tracer.for_model(opset=opset, config=config, dtype=weights.dtype)  # what repeats is traced once
     parsers = importable_modules()  # the real TensorRT parsers that check each graph (none: the lint alone)
     steps = len(specs) + (1 if validate else 0)
     try:

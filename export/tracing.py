@@ -5,10 +5,16 @@ time, and most of it repeated the same work: every decoder layer of every segmen
 computation on other weights, and a schedule's scorers differ only in which layer's weights they
 read. A ``Tracer`` lives for one export and keeps what it traced by a key that names everything
 the trace depends on; ``once`` returns a fresh copy of a model traced before, and segments are
-composed from one traced layer per kind (``export/layer_reuse.py``). ``graph_canon`` proves the
+composed from one traced layer per kind (``export/layer_reuse.py``).
+
+The traces are kept for the process, not only the build (a small bounded cache, keyed also by the
+model's whole configuration, the example dtype, the opset and the torch and onnxscript versions):
+exporting one model with several schedules or weight formats in one process (the benchmarks,
+the test suite, a Python caller) traces each graph kind once. A trace holds no weights, so the
+cache is the size of the graphs' structure (kilobytes for tiny, a few MB for a 7B layer). ``graph_canon`` proves the
 results equal to whole-module traces (tests/export/test_tracing.py).
 
-The ONNX function registry (torchlib) is built once per tracer too: ``torch.onnx.export`` builds
+The ONNX function registry (torchlib) is built once per process too: ``torch.onnx.export`` builds
 it again for every graph (0.3-0.8 s each here). That uses the exporter's own entry point behind
 ``torch.onnx.export`` (torch is pinned exactly, pyproject.toml), and falls back to the public
 function where it is not there.
@@ -16,6 +22,8 @@ function where it is not there.
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import warnings
 from typing import Callable, Hashable
@@ -31,12 +39,29 @@ def parameter_signature(module: torch.nn.Module) -> tuple:
     return tuple((name, tuple(p.shape), str(p.dtype)) for name, p in module.named_parameters())
 
 
+_SHARED_TRACES: collections.OrderedDict = collections.OrderedDict()  # least recently used first
+_MAX_SHARED_TRACES = 64
+_registries: dict[int, object] = {}  # opset -> torchlib registry, built once per process
+
+
 class Tracer:
-    def __init__(self, *, opset: int) -> None:
+    """Traces for one export. ``context`` is what every trace of the export depends on besides
+    the module's structure (the model configuration, the example dtype): part of every key.
+    ``shared=False`` keeps the traces to this tracer (the tests count real traces)."""
+
+    def __init__(self, *, opset: int, context: Hashable = (), shared: bool = True) -> None:
+        import onnxscript
+
         self.opset = opset
-        self._registry = None
-        self._traced: dict[Hashable, object] = {}
-        self.traces = 0  # how many modules were really traced (the tests count them)
+        self._context = (opset, torch.__version__, onnxscript.__version__, context)
+        self._traced = _SHARED_TRACES if shared else collections.OrderedDict()
+        self.traces = 0  # how many modules were really traced
+
+    @classmethod
+    def for_model(cls, *, opset: int, config, dtype, shared: bool = True) -> "Tracer":
+        """A tracer for graphs of the model ``config`` (a transformers config) traced in ``dtype``."""
+        return cls(opset=opset, shared=shared,
+                   context=(json.dumps(config.to_dict(), sort_keys=True, default=str), str(dtype)))
 
     def trace(self, module: torch.nn.Module, spec: GraphSpec, args: tuple):
         """The optimised ONNX IR model of ``module`` fed ``args``, its weights value-less
@@ -77,9 +102,15 @@ class Tracer:
         """What ``make()`` gave for ``key``, made now if this is the first time; a copy of it with
         ``copy`` (a model to write: writing a graph changes it, weight layout and int4
         DequantizeLinear), else the thing itself (a layer pattern, only ever read)."""
-        if key not in self._traced:
+        key = (self._context, key)
+        if key in self._traced:
+            self._traced.move_to_end(key)
+        else:
             self._traced[key] = make()
-        return self._traced[key].clone() if copy else self._traced[key]
+            while len(self._traced) > _MAX_SHARED_TRACES:
+                self._traced.popitem(last=False)
+        found = self._traced[key]
+        return found.clone() if copy else found
 
     def _export(self, module, args, **options):
         try:
@@ -87,15 +118,15 @@ class Tracer:
         except ImportError:  # another torch: the public function, which builds the registry itself
             return torch.onnx.export(module, args, dynamo=True, opset_version=self.opset, optimize=False,
                                      verbose=False, **options)
-        if self._registry is None:  # what torch.onnx.export builds: torchlib at no lower an opset than its own
+        if self.opset not in _registries:  # what torch.onnx.export builds: torchlib at no lower an opset than its own
             from torch.onnx._internal.exporter import _constants
 
-            self._registry = _registration.ONNXRegistry.from_torchlib(
+            _registries[self.opset] = _registration.ONNXRegistry.from_torchlib(
                 opset_version=max(self.opset, _constants.TORCHLIB_OPSET))
         args, kwargs = _compat._get_torch_export_args(args, None)
         named = options["dynamic_shapes"]
         options["dynamic_shapes"], rename = _dynamic_shapes.convert_str_to_export_dim(named)
-        program = _core.export(module, args, kwargs, registry=self._registry, verbose=False, optimize=False,
+        program = _core.export(module, args, kwargs, registry=_registries[self.opset], verbose=False, optimize=False,
                                opset_version=self.opset, **options)
         if rename:  # the graph's axes take the spec's names (batch, seq, ...), as torch.onnx.export does
             program._rename_dynamic_axes(named)

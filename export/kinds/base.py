@@ -42,8 +42,14 @@ class GraphKind:
 
     def onnx_model(self, spec: GraphSpec, module, *, tracer, examples: "Examples", weights, config):
         """The optimised ONNX IR model of ``spec``, weights as value-less initializers named by
-        ``module``'s parameters (``onnx_writer.write_graph`` fills them)."""
-        return tracer.trace(module, spec, examples.inputs(self, spec))
+        ``module``'s parameters (``onnx_writer.write_graph`` fills them): traced once per
+        spec and parameter shapes (``export/tracing.py``)."""
+        import json
+
+        from ..tracing import parameter_signature
+
+        key = (self.name, json.dumps(spec.to_dict(), sort_keys=True), parameter_signature(module))
+        return tracer.once(key, lambda: tracer.trace(module, spec, examples.inputs(self, spec)))
 
     def example_inputs(self, spec: GraphSpec, ex: "Examples") -> dict:
         """Example tensors by input name; inputs left out get ``ex.default``."""

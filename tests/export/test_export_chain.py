@@ -48,7 +48,7 @@ def test_failure_midway_leaves_nothing(tmp_path, tiny_checkpoint, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("exporter bug")
 
-    monkeypatch.setattr(onnx_writer, "export_graph", explode)
+    monkeypatch.setattr(onnx_writer, "write_graph", explode)
     with pytest.raises(RuntimeError, match="exporter bug"):
         exporter.export_model(model=str(tiny_checkpoint), out=tmp_path / "build", schedule=preset("paper"))
     assert list(tmp_path.iterdir()) == []

@@ -173,8 +173,8 @@ def test_disk_filling_up_midway_leaves_nothing(tmp_path, tiny_checkpoint, capsys
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(onnx_writer, "export_graph", full)
-    assert "is full" in _user_error(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "b")], capsys)
+    monkeypatch.setattr(onnx_writer, "write_graph", full)
+    assert "no space left on the disk holding" in _user_error(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "b")], capsys)
     assert list(tmp_path.iterdir()) == []
 
 
