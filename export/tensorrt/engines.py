@@ -37,7 +37,8 @@ def build_engines(plan: dict, build: Build, engine_dir: Path, *, timing_cache: P
                   log=print) -> list[Path]:
     """Builds every engine of ``plan`` with the target's module (TensorRT or TensorRT-RTX), each
     checked against the manifest first, and writes its metadata beside it. TensorRT builds for the
-    GPU it runs on; TensorRT-RTX needs no GPU and builds for the target's compute capabilities."""
+    GPU it runs on; TensorRT-RTX needs no GPU and builds for the target's compute capabilities.
+    Both build at the plan's ``builder_optimization_level`` (absent or None: the builder's default)."""
     target = plan["target"]
     module = target.get("module", "tensorrt")
     trt = import_tensorrt(module)
@@ -72,7 +73,8 @@ def build_engines(plan: dict, build: Build, engine_dir: Path, *, timing_cache: P
                      shape_tensors={spec.name for spec in profiles[0].inputs if spec.value})
         config = configure(parsed, precision=precision, workspace_bytes=target["workspace_mib"] << 20,
                            compute_capabilities=capabilities, timing_cache=cache,
-                           strongly_typed=bool(plan.get("strongly_typed")))
+                           strongly_typed=bool(plan.get("strongly_typed")),
+                           optimization_level=plan.get("builder_optimization_level"))
         add_profiles(parsed, config, profiles)
         path = resolve_inside(engine_dir, engine["engine"])
         try:

@@ -27,6 +27,7 @@ import numpy as np
 from transprune.errors import TransPruneError
 
 from .profiles import Profile
+from .targets import check_optimization_level
 
 # ComputeCapability enum members of tensorrt_rtx, by (major, minor)
 _SM = {(7, 5): "SM75", (8, 0): "SM80", (8, 6): "SM86", (8, 9): "SM89", (12, 0): "SM120", (12, 1): "SM121"}
@@ -201,13 +202,18 @@ def add_profiles(parsed: ParsedGraph, config, profiles: list[Profile]) -> None:
 
 def configure(parsed: ParsedGraph, *, precision: str, workspace_bytes: int,
               compute_capabilities: list[tuple[int, int]] | None = None, timing_cache: bytes | None = None,
-              strongly_typed: bool = False):
-    """A builder config: workspace limit, then precision flags (none for a ``strongly_typed``
-    network, whose types are the graph's) and the timing cache (TensorRT: ``timing_cache`` bytes,
-    or a new one), or the target GPUs (TensorRT-RTX, which times nothing ahead of time)."""
+              strongly_typed: bool = False, optimization_level: int | None = None):
+    """A builder config: workspace limit, the builder optimisation level (``None``: the builder's
+    default, left unset; ``targets.OPTIMIZATION_LEVELS``), then precision flags (none for a
+    ``strongly_typed`` network, whose types are the graph's) and the timing cache (TensorRT:
+    ``timing_cache`` bytes, or a new one), or the target GPUs (TensorRT-RTX, which times nothing
+    ahead of time)."""
     trt = parsed.trt
+    optimization_level = check_optimization_level(optimization_level)
     config = parsed.builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if optimization_level is not None:
+        config.builder_optimization_level = optimization_level
     if parsed.module == "tensorrt_rtx":
         # strongly typed: the graph's own types are the precision, nothing to set
         capabilities = list(compute_capabilities or [])

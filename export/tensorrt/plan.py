@@ -27,7 +27,7 @@ from transprune.runtime.tensorrt.engines import PLAN_FILE
 
 from .memory import engine_weight_bytes, estimate_memory
 from .profiles import InputProfile, Profile, ShapeLimits, build_profiles, kv_cache_bytes
-from .targets import Target
+from .targets import Target, check_optimization_level
 
 SCRIPT_FILE = "build_engines.sh"
 TIMING_CACHE_FILE = "timing.cache"
@@ -35,8 +35,10 @@ PLAN_SCHEMA = 1
 
 
 def make_plan(build: Build, *, target: Target, precision: str, limits: ShapeLimits,
-              engine_dir: Path) -> dict:
-    """The plan for building ``build``'s engines for ``target`` into ``engine_dir``."""
+              engine_dir: Path, optimization_level: int | None = None) -> dict:
+    """The plan for building ``build``'s engines for ``target`` into ``engine_dir``, at the builder
+    ``optimization_level`` (None: the builder's default; ``targets.OPTIMIZATION_LEVELS``)."""
+    optimization_level = check_optimization_level(optimization_level)
     lint_failures = [g["name"] for g in build.manifest["graphs"] if not g.get("trt_lint", {}).get("ok", True)]
     if lint_failures:
         raise TransPruneError(f"graphs {lint_failures} failed the TensorRT lint at export (see the manifest's "
@@ -75,6 +77,8 @@ def make_plan(build: Build, *, target: Target, precision: str, limits: ShapeLimi
         "weights": weights_section,
         # TensorRT-RTX networks always are; TensorRT's are for int4 weights (trtexec --stronglyTyped)
         "strongly_typed": target.module == "tensorrt_rtx" or weights_section["format"] == "int4",
+        # trtexec --builderOptimizationLevel; None: the builder's default (3), the engines one ships
+        "builder_optimization_level": optimization_level,
         "memory": memory.to_dict(),
         "warnings": warnings,
         "timing_cache": TIMING_CACHE_FILE,
@@ -126,6 +130,8 @@ def trtexec_command(engine: dict, plan: dict, *, build_dir: str = "$BUILD_DIR") 
     """One engine's trtexec argv; profiles in plan order (trtexec numbers them as given)."""
     argv = ["$TRTEXEC", f"--onnx={build_dir}/{engine['onnx']}", f"--saveEngine={engine['engine']}",
             *precision_flags(plan)]  # names from the build are quoted by _quote (and checked at load: SAFE_NAME)
+    if plan.get("builder_optimization_level") is not None:
+        argv.append(f"--builderOptimizationLevel={plan['builder_optimization_level']}")
     for profile in engine["profiles"]:
         for which, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
             argv.append(f"{flag}={_shapes_arg(profile, which)}")
@@ -147,6 +153,8 @@ def rtx_script(plan: dict) -> str:
     """A bash script that rebuilds a TensorRT-RTX plan through transprune's builder API."""
     target, limits = plan["target"], plan["limits"]
     command = ["$PYTHON", "-m", "transprune.cli.build", "$BUILD_DIR", "--target", target["name"], "--out", "."]
+    if plan.get("builder_optimization_level") is not None:
+        command += ["--optimization-level", str(plan["builder_optimization_level"])]
     sizes = ["--max-batch", str(limits["max_batch"]), "--max-text-tokens", str(limits["max_text_tokens"]),
              "--max-new-tokens", str(limits["max_new_tokens"]), "--memory-gib", f"{target['memory_gib']:g}"]
     lines = [
@@ -214,8 +222,9 @@ def _quote(arg: str) -> str:
 
 
 def parse_trtexec_script(text: str) -> dict[str, dict]:
-    """{engine file: {"onnx": path, "precision": flags, "profiles": [{"min"/"opt"/"max": {input: dims}}]}}
-    read back from a script written by ``trtexec_script``: what trtexec will actually be told."""
+    """{engine file: {"onnx": path, "flags": valueless options (precision), "optimization_level": int
+    or None, "profiles": [{"min"/"opt"/"max": {input: dims}}]}} read back from a script written by
+    ``trtexec_script``: what trtexec will actually be told."""
     joined = text.replace("\\\n", " ")
     engines = {}
     for line in joined.splitlines():
@@ -232,8 +241,10 @@ def parse_trtexec_script(text: str) -> dict[str, dict]:
         profiles = [{"min": _parse_shapes(a), "opt": _parse_shapes(b), "max": _parse_shapes(c)}
                     for a, b, c in zip(mins, opts, maxs)]
         engine = options["--saveEngine"][0]
+        level = options.get("--builderOptimizationLevel")
         engines[engine] = {"onnx": options["--onnx"][0], "profiles": profiles,
-                           "flags": sorted(k for k, v in options.items() if v == [""])}
+                           "flags": sorted(k for k, v in options.items() if v == [""]),
+                           "optimization_level": int(level[-1]) if level else None}
     return engines
 
 

@@ -26,6 +26,11 @@ from transprune.errors import TransPruneError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 MODULES = ("tensorrt", "tensorrt_rtx")
+# The builder's optimisation level (IBuilderConfig.builder_optimization_level, trtexec
+# --builderOptimizationLevel), the same scale in TensorRT 10 and TensorRT-RTX 1.7: 0 builds fastest
+# (no dynamic kernel generation, the first tactic that works, no timing cache), 3 is both builders'
+# default, 4 and 5 always compile kernels. ``None``: the builder's own default, set nowhere.
+OPTIMIZATION_LEVELS = range(6)
 
 
 @dataclass(frozen=True)
@@ -126,3 +131,12 @@ def check_precision(target: Target, precision: str) -> None:
                "fp32": "TensorRT targets build 16-bit engines (an fp32 build runs as fp32 on TensorRT-RTX: --target rtx)"}
         raise TransPruneError(f"{target.name} ({target.gpu}) cannot build {precision}: {why.get(precision, '')}; "
                               f"use --precision {' or '.join(target.precisions)}")
+
+
+def check_optimization_level(level: int | None) -> int | None:
+    """``level`` if it is a builder optimisation level (or None, the builder's default); else refused."""
+    if level is None or (type(level) is int and level in OPTIMIZATION_LEVELS):
+        return level
+    raise TransPruneError(f"--optimization-level {level!r} is not one of TensorRT's builder optimisation levels: "
+                          f"{OPTIMIZATION_LEVELS[0]} (fastest build) to {OPTIMIZATION_LEVELS[-1]} (longest search); "
+                          f"leave it out for the builder's default (3)")

@@ -21,7 +21,7 @@ from transprune.runtime.tensorrt.engines import PLAN_FILE, metadata_path
 from .engines import build_engines, compare_engines
 from .plan import SCRIPT_FILE, build_weights, make_plan, write_plan
 from .profiles import shape_limits
-from .targets import Target, get_target, resolve_precision
+from .targets import Target, check_optimization_level, get_target, resolve_precision
 
 
 class PlannedBuild(NamedTuple):
@@ -50,12 +50,15 @@ def resolve_target(*, name: str, memory_gib: float | None = None) -> Target:
 def plan_build(*, build_dir: Path, target: str, precision: str | None = None, max_batch: int = 1,
                max_text_tokens: int | None = None, max_new_tokens: int | None = None,
                memory_gib: float | None = None, out: Path | None = None, verify: bool = True,
-               timing_cache: Path | None = None) -> PlannedBuild:
+               timing_cache: Path | None = None, optimization_level: int | None = None) -> PlannedBuild:
     """Checks the request and writes the plan and script into ``out`` (default:
     ``build_dir/trt-<target>``); nothing is written when the deployment would not fit, or when
     ``out`` (or ``timing_cache``, given here to be checked before anything is written) would
     overwrite an input (``check_engine_dir``, ``check_timing_cache``).
-    ``precision`` defaults to fp16 for TensorRT targets and is the export's dtype for TensorRT-RTX."""
+    ``precision`` defaults to fp16 for TensorRT targets and is the export's dtype for TensorRT-RTX.
+    ``optimization_level`` is the builder's (0 fastest build .. 5; None: the builder's default, 3),
+    kept in the plan for the API build and the script alike."""
+    check_optimization_level(optimization_level)
     spec = resolve_target(name=target, memory_gib=memory_gib)
     build = Build.open(Path(build_dir), verify=verify)
     int4 = build_weights(build.manifest)["format"] == "int4"
@@ -63,7 +66,8 @@ def plan_build(*, build_dir: Path, target: str, precision: str | None = None, ma
     limits = shape_limits(build, max_batch=max_batch, max_text_tokens=max_text_tokens, max_new_tokens=max_new_tokens)
     engine_dir = Path(out) if out is not None else build.directory / f"trt-{spec.name}"
     check_engine_dir(engine_dir, build)
-    plan = make_plan(build, target=spec, precision=precision, limits=limits, engine_dir=engine_dir)
+    plan = make_plan(build, target=spec, precision=precision, limits=limits, engine_dir=engine_dir,
+                     optimization_level=optimization_level)
     if timing_cache is not None:
         check_timing_cache(timing_cache, build=build, engine_dir=engine_dir, plan=plan)
     check_fits(plan)

@@ -95,6 +95,7 @@ def make_metadata(engine: dict, plan: dict, platform: Platform, *, engine_sha256
         "build_seconds": None if build_seconds is None else round(build_seconds, 2),
         "target": plan["target"]["name"],
         "precision": plan["precision"],
+        "builder_optimization_level": plan.get("builder_optimization_level"),  # None: the builder's default
         "limits": plan["limits"],
         "memory": plan.get("memory"),  # the whole set's device-memory estimate, as planned
         "profiles": engine["profiles"],

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest answer (default: every position the longest prompt leaves)")
     parser.add_argument("--memory-gib", type=float, default=None,
                         help="device memory if it differs from the target's preset (e.g. 32 for a 32 GB AGX Orin)")
+    parser.add_argument("--optimization-level", type=int, default=None, metavar="N",
+                        help="TensorRT's builder optimisation level, 0 (fastest build: the first kernel that works, "
+                             "none compiled) to 5 (longest search); default: the builder's own, 3. Lower levels "
+                             "build sooner and may run slower: for checking that a build builds")
     parser.add_argument("--timing-cache", type=Path, default=None,
                         help="TensorRT timing cache to read and extend (default: timing.cache in --out)")
     parser.add_argument("--out", type=Path, default=None, help="engine directory (default: BUILD_DIR/trt-TARGET)")
@@ -53,9 +57,11 @@ def _summary(plan: dict, plan_path: Path, script_path: Path) -> str:
     weights = plan.get("weights") or {}
     int4 = (f" with int4 weights (blocks of {weights.get('block_size')}, strongly typed)"
             if weights.get("format") == "int4" else "")
+    level = plan.get("builder_optimization_level")
+    level = "" if level is None else f", builder optimisation level {level}"
     lines = [f"plan: {len(plan['engines'])} engines for {plan['target']['name']} ({plan['target']['gpu']}), "
              f"{plan['precision']}{int4}, batch <= {limits['max_batch']}, text <= {limits['max_text_tokens']} tokens, "
-             f"answers <= {limits['max_new_tokens']} tokens",
+             f"answers <= {limits['max_new_tokens']} tokens{level}",
              f"memory: about {memory['total_gib']:.2f} GiB of a {memory['budget_gib']:.2f} GiB budget "
              f"(weights {memory['weights_gib']:.2f}, KV cache {memory['kv_cache_gib']:.2f}, activations "
              f"{memory['activations_gib']:.2f}, runtime {memory['overhead_gib']:.2f}): fits with "
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         planned = plan_build(
             build_dir=args.build_dir, target=args.target, precision=args.precision, max_batch=args.max_batch,
             max_text_tokens=args.max_text_tokens, max_new_tokens=args.max_new_tokens, memory_gib=args.memory_gib,
-            out=args.out, verify=not args.no_verify, timing_cache=args.timing_cache)
+            out=args.out, verify=not args.no_verify, timing_cache=args.timing_cache,
+            optimization_level=args.optimization_level)
         print(_summary(planned.plan, planned.plan_path, planned.script_path), file=sys.stderr)
         if args.plan_only:
             return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from transprune.errors import TransPruneError
-from transprune.export.tensorrt.plan import make_plan, parse_trtexec_script, trtexec_script, write_plan
+from transprune.export.tensorrt.plan import build_script, make_plan, parse_trtexec_script, trtexec_script, write_plan
 from transprune.export.tensorrt.profiles import shape_limits
 from transprune.export.tensorrt.targets import TARGETS, check_precision, get_target, resolve_precision
 from transprune.export.tensorrt.workflow import check_fits
@@ -59,6 +59,37 @@ def test_script_read_back_holds_every_engine_and_profile(spec_build):
     assert engines["head.engine"]["flags"] == ["--fp16", "--skipInference"]
     assert "--memPoolSize=workspace:4096M" in script and "--timingCacheFile=timing.cache" in script
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_the_optimization_level_reaches_the_plan_and_both_scripts(spec_build):
+    """A plan's builder optimisation level is one trtexec --builderOptimizationLevel per engine (and
+    an --optimization-level of the rtx script's API build); without one, neither script names a
+    level and the builder keeps its default. A level outside 0..5 makes no plan."""
+    build = spec_build("llava-1.5-7b", preset("paper"))
+    default = _plan(build, max_text_tokens=256, max_new_tokens=256)
+    assert default["builder_optimization_level"] is None
+    assert "--builderOptimizationLevel" not in trtexec_script(default) and "--optimization-level" not in build_script(
+        _plan(build, "rtx", precision="fp16", max_text_tokens=256, max_new_tokens=256))
+    assert {e["optimization_level"] for e in parse_trtexec_script(trtexec_script(default)).values()} == {None}
+    fast = make_plan(build, target=get_target("jetson-agx-orin"), precision="fp16",
+                     limits=shape_limits(build, max_text_tokens=256, max_new_tokens=256),
+                     engine_dir=build.directory / "trt", optimization_level=0)
+    assert fast["builder_optimization_level"] == 0
+    script = trtexec_script(fast)
+    assert script.count("--builderOptimizationLevel=0") == len(fast["engines"]) == 11
+    engines = parse_trtexec_script(script)
+    assert {e["optimization_level"] for e in engines.values()} == {0}
+    assert engines["head.engine"]["flags"] == ["--fp16", "--skipInference"]
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    rtx = make_plan(build, target=get_target("rtx"), precision="fp16",
+                    limits=shape_limits(build, max_text_tokens=256, max_new_tokens=256),
+                    engine_dir=build.directory / "rtx", optimization_level=5)
+    assert '--target rtx --out . --optimization-level 5 \\\n' in build_script(rtx)
+    for bad in (6, -1, True):
+        with pytest.raises(TransPruneError, match=f"--optimization-level {bad!r} is not one of TensorRT's builder "
+                                                  "optimisation levels"):
+            make_plan(build, target=get_target("rtx"), precision="fp16", limits=shape_limits(build),
+                      engine_dir=build.directory / "rtx", optimization_level=bad)
 
 
 def test_running_the_script_gives_trtexec_the_plan(paper_build, tmp_path):

@@ -60,6 +60,8 @@ def test_without_tensorrt_it_writes_the_plan_and_says_how_to_build_on_the_target
     (["--target", "datacenter-ampere", "--precision", "fp8"], "cannot build fp8: fp8 needs Ada"),
     (["--target", "jetson-orin-nano", "--max-text-tokens", "5000"], r"--max-text-tokens 5000 must lie in 1..1024"),
     (["--target", "jetson-orin-nano", "--plan-only", "--compare"], "--compare needs engines; drop --plan-only"),
+    (["--target", "rtx", "--optimization-level", "6"], r"--optimization-level 6 is not one of TensorRT's builder "
+                                                        r"optimisation levels: 0 \(fastest build\) to 5"),
     (["--target", "jetson-orin-nano", "--memory-gib", "2.1"], r"needs about 2.\d\d GiB on jetson-orin-nano .*more "
                                                               r"than its 0.10 GiB budget.*Nothing was written"),
 ])
