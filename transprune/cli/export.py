@@ -138,8 +138,16 @@ def summary_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+NO_PARSER_NOTE = ("TensorRT parser: - because neither TensorRT nor TensorRT-RTX is installed here, so only the "
+                  "operator lint ran; pip install 'transprune[rtx]' adds TensorRT-RTX's parser (no GPU needed), "
+                  "then transprune-export --check-trt BUILD")
+
+
 def _report(manifest: dict, out: Path, seconds: float) -> str:
-    lines = [summary_table(manifest), ""]
+    lines = [summary_table(manifest)]
+    if not any(graph.get("trt_parse") for graph in manifest["graphs"]):  # no real parser imported
+        lines.append(NO_PARSER_NOTE)
+    lines.append("")
     total = sum(g["bytes"] for g in manifest["graphs"])
     image_tokens, keep = manifest["limits"]["image_tokens"], manifest["keep_counts"]
     if isinstance(keep, dict):  # anyres: each image keeps its share, between these extremes

@@ -36,6 +36,16 @@ def test_summary_table_lists_every_graph(paper_build):
     assert "layers 1-7" in table[5] and "keep 504 after layer 7" in table[6]
 
 
+def test_the_report_says_why_the_parser_column_is_empty(paper_build, tmp_path):
+    from transprune.cli.export import NO_PARSER_NOTE, _report
+
+    _, manifest = paper_build
+    without = {**manifest, "graphs": [{**g, "trt_parse": []} for g in manifest["graphs"]]}
+    assert NO_PARSER_NOTE in _report(without, tmp_path, 1.0)
+    parsed = {**manifest, "graphs": [{**g, "trt_parse": [{"ok": True, "rejected": []}]} for g in manifest["graphs"]]}
+    assert NO_PARSER_NOTE not in _report(parsed, tmp_path, 1.0)
+
+
 def test_check_trt_passes_on_the_default_export(paper_build, capsys):
     out, manifest = paper_build
     assert main(["--check-trt", str(out)]) == 0
