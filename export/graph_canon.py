@@ -16,6 +16,12 @@ symbolic size to one of them by an internal rule; the graphs promise, and the ru
 equal sizes along one named axis, so ``Shape(past_key.3)[2]`` and ``Shape(past_value.1)[2]`` are
 the same value: both become "the ``past`` axis".
 
+Nodes are compared as a set: two nodes with one canonical name compute one value, and a
+whole-module trace sometimes computes an int64 size twice (``Add(past, gen)`` and ``Add(gen,
+past)`` from two layers: the optimizer's CSE does not know ``Add`` commutes), which a graph
+composed from one traced layer computes once. ``duplicates`` counts such repeats (it is
+reported, not compared).
+
 Two more spellings are canonicalised, both from the order in which torch.export numbers its
 symbolic sizes (sympy orders a sum's terms by symbol name, so another trace orders them another
 way): the operands of a commutative operator (``Add(seq, past)`` is ``Add(past, seq)``, in
@@ -46,11 +52,12 @@ class CanonicalForm:
     initializers: tuple  # sorted (canonical value, weight name or "")
     value_types: tuple  # sorted (canonical value, type) of every value with a recorded type
     model: tuple  # opsets, IR version, graph-level metadata
+    duplicates: int = 0  # nodes that repeat another's computation (not compared)
 
     def differences(self, other: "CanonicalForm", *, limit: int = 5) -> list[str]:
         """What differs, in words (empty when the forms are equal)."""
         found = []
-        for field in ("model", "inputs", "outputs", "initializers", "nodes", "value_types"):
+        for field in ("model", "inputs", "outputs", "initializers", "nodes", "value_types"):  # not duplicates
             mine, theirs = getattr(self, field), getattr(other, field)
             if mine == theirs:
                 continue
@@ -139,12 +146,13 @@ def canonical_form(model) -> CanonicalForm:
                 names[output] = f"{digest}:{index}"
         nodes.append((node.domain or "", node.op_type, attributes, inputs, digest))
     outputs = tuple((o.name, _type(o), names[o.name]) for o in graph.output)
-    value_types = sorted((names[v.name], _type(v)) for v in graph.value_info if v.name in names)
+    value_types = sorted({(names[v.name], _type(v)) for v in graph.value_info if v.name in names})
     opsets = tuple(sorted((o.domain, o.version) for o in model.opset_import))
     metadata = tuple(sorted((p.key, p.value) for p in model.metadata_props))
     return CanonicalForm(inputs=tuple((i.name, _type(i)) for i in graph.input), outputs=outputs,
-                         nodes=tuple(sorted(nodes, key=repr)), initializers=tuple(sorted(initializers)),
-                         value_types=tuple(value_types), model=(opsets, model.ir_version, metadata))
+                         nodes=tuple(sorted(set(nodes), key=repr)), initializers=tuple(sorted(initializers)),
+                         value_types=tuple(value_types), model=(opsets, model.ir_version, metadata),
+                         duplicates=len(nodes) - len(set(nodes)))
 
 
 def _shape_axes(declared: tuple | None, attributes: dict):

@@ -25,8 +25,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from .graph_canon import COMMUTATIVE
-
 LAYER_PREFIX = "layers.0."  # the weights of a pattern's one layer (SegmentGraph's ModuleList names)
 
 
@@ -124,10 +122,8 @@ class _Composer:
             inputs = [None if v is None else (mapping[id(v)] if body else sizes_from.get(id(v), mapping[id(v)]))
                       for v in node.inputs]
             if not body:
-                operands = tuple(None if v is None else self.keys[id(v)] for v in inputs)
-                if node.op_type in COMMUTATIVE:  # two patterns may order a sum's terms differently
-                    operands = tuple(sorted(operands, key=repr))
-                key = (node.domain, node.op_type, _attributes(node), operands)
+                key = (node.domain, node.op_type, _attributes(node),
+                       tuple(None if v is None else self.keys[id(v)] for v in inputs))
                 if key in self.shared:
                     for output, composed in zip(node.outputs, self.shared[key]):
                         mapping[id(output)] = composed

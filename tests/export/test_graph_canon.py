@@ -47,3 +47,18 @@ def test_names_order_commutative_operands_and_the_input_a_shared_axis_is_read_fr
                          ids=["weight value", "operand order of Sub", "attribute"])
 def test_any_change_in_what_is_computed_counts(change):
     assert _form().differences(_form(**change))
+
+
+def test_a_node_that_repeats_another_is_the_same_value_and_is_counted():
+    from onnx import helper
+
+    from transprune.export.graph_canon import canonical_form
+
+    model = _model()
+    cast = next(n for n in model.graph.node if n.op_type == "Cast")
+    model.graph.node.insert(list(model.graph.node).index(cast) + 1,
+                            helper.make_node("Cast", ["s"], ["sf_again"], to=cast.attribute[0].i, name="again"))
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    add.input[list(add.input).index("sf")] = "sf_again"
+    twice = canonical_form(model)
+    assert twice.differences(_form()) == [] and (twice.duplicates, _form().duplicates) == (1, 0)
