@@ -95,11 +95,26 @@ def _axis(expression: str) -> str:
     return _AXES[expression]
 
 
-def _tensor_digest(tensor) -> str:
-    from onnx import numpy_helper
+def _tensor_digest(tensor, directory: Path | None = None) -> str:
+    """A hash of a tensor's bytes; a tensor in an external data file is read from it piece by
+    piece (a 7B segment's weights are gigabytes: never all in memory)."""
+    from onnx import TensorProto, numpy_helper
 
-    array = numpy_helper.to_array(tensor)
-    return hashlib.sha256(array.tobytes()).hexdigest()[:20]
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return hashlib.sha256(numpy_helper.to_array(tensor).tobytes()).hexdigest()[:20]
+    if directory is None:
+        raise ValueError(f"tensor {tensor.name!r} is stored in an external file: pass the graph's directory")
+    where = {entry.key: entry.value for entry in tensor.external_data}
+    digest, left = hashlib.sha256(), int(where["length"])
+    with open(directory / where["location"], "rb") as file:
+        file.seek(int(where.get("offset", 0)))
+        while left:
+            chunk = file.read(min(left, 1 << 24))
+            if not chunk:
+                raise ValueError(f"{where['location']} ends before tensor {tensor.name!r} does")
+            digest.update(chunk)
+            left -= len(chunk)
+    return digest.hexdigest()[:20]
 
 
 def _attribute(attr) -> tuple:
@@ -115,8 +130,9 @@ def _attribute(attr) -> tuple:
     return (attr.name, value)
 
 
-def canonical_form(model) -> CanonicalForm:
-    """The canonical form of ``model`` (an ``onnx.ModelProto`` with its weights loaded)."""
+def canonical_form(model, directory: Path | None = None) -> CanonicalForm:
+    """The canonical form of ``model`` (an ``onnx.ModelProto``; weights in external files are
+    read from ``directory``)."""
     graph = model.graph
     names: dict[str, str] = {"": ""}  # value name -> canonical name ("" is an omitted optional input)
     axes: dict[str, tuple] = {}  # graph input name -> its declared axes
@@ -125,7 +141,7 @@ def canonical_form(model) -> CanonicalForm:
         axes[value.name] = _type(value)[1]
     initializers = []
     for tensor in graph.initializer:
-        digest = f"init:{tensor.data_type}:{tuple(tensor.dims)}:{_tensor_digest(tensor)}"
+        digest = f"init:{tensor.data_type}:{tuple(tensor.dims)}:{_tensor_digest(tensor, directory)}"
         names[tensor.name] = digest
         # the exporter's own constants are named val_N, mul_N...; checkpoint weights by their module path
         initializers.append((digest, tensor.name if "." in tensor.name else ""))
@@ -168,6 +184,7 @@ def _shape_axes(declared: tuple | None, attributes: dict):
 
 
 def load_form(path: Path) -> CanonicalForm:
+    """The canonical form of the graph file ``path`` (its weights hashed from their data file)."""
     import onnx
 
-    return canonical_form(onnx.load(str(path)))
+    return canonical_form(onnx.load(str(path), load_external_data=False), Path(path).parent)
