@@ -17,15 +17,21 @@ import pytest
 
 from transprune.cli.build import main as build_main
 from transprune.errors import TransPruneError
+from transprune.export.tensorrt import engines as engines_module
 from transprune.export.tensorrt.engines import build_engines
-from transprune.export.tensorrt.network import check_inputs, parse_graph
+from transprune.export.tensorrt.network import ParsedGraph, check_inputs, configure, make_logger, parse_graph
 from transprune.export.tensorrt.plan import profiles_from_plan
+from transprune.export.tensorrt.targets import OPTIMIZATION_LEVELS
 from transprune.export.tensorrt.workflow import plan_build
 from transprune.runtime.build import Build
 from transprune.runtime.manifest import sha256
 from transprune.runtime.tensorrt.engines import Platform, load_engine_set, metadata_path
 
 RTX_CAPABILITIES = [[8, 0], [8, 6], [8, 9], [12, 0]]
+# TensorRT-RTX 1.7's builder takes as long at every optimisation level (0..5: 7-10 s for tiny's eleven
+# engines on 2 cores, within noise of each other), so the builds here are at its default, 3, what
+# transprune-build ships; the CLI and script test builds at the fastest level, 0, to check the option
+FASTEST = OPTIMIZATION_LEVELS[0]
 
 
 def _build_dir(case: str, request):
@@ -85,6 +91,7 @@ def test_tensorrt_rtx_builds_every_engine(case, request, tmp_path, tensorrt_rtx)
         assert path.stat().st_size > 0 and meta["engine_sha256"] == sha256(path)
         assert meta["tensorrt_module"] == "tensorrt_rtx" and meta["tensorrt_version"] == trt.__version__
         assert meta["compute_capabilities"] == RTX_CAPABILITIES and meta["precision"] == build.manifest["dtype"]
+        assert meta["builder_optimization_level"] is None  # the builder's default
         assert meta["build_seconds"] > 0 and meta["memory"] == plan["memory"] and meta["memory"]["fits"]
         # one profile per engine (two would store the weights twice): prefill and decode merged
         graph = build.graphs[meta["graph"]]
@@ -121,25 +128,50 @@ def test_the_built_networks_inputs_are_the_manifests(paper_build, tensorrt_rtx):
 
 
 def test_transprune_build_target_rtx_and_its_script_build_here(paper_build, tmp_path, capsys, tensorrt_rtx):
-    """The CLI builds the engines with no GPU (progress per engine, sizes, times), and the script it
-    writes for rtx, transprune's API build as a command, builds them again."""
+    """The CLI plans the build, and the script it writes for rtx (transprune's API build as a command,
+    with the CLI's options: --optimization-level too) builds the engines with no GPU: progress per
+    engine, sizes, times, metadata recording the level. The script runs the same transprune-build
+    an in-process call would, so the engines are built once here, not twice."""
     out = tmp_path / "trt-rtx"
     assert build_main([str(paper_build[0]), "--target", "rtx", "--max-text-tokens", "64", "--max-new-tokens", "16",
-                       "--out", str(out)]) == 0
-    err = capsys.readouterr().err
-    assert "fp32, batch <= 1, text <= 64 tokens, answers <= 16 tokens" in err
-    assert "[11/11] head: building fp32 engine with TensorRT-RTX (1 profile)" in err and "MiB in" in err
-    first = {p.name: sha256(p) for p in out.glob("*.engine")}
-    assert len(first) == 11
-    for path in out.glob("*.engine"):
-        path.unlink()
+                       "--optimization-level", str(FASTEST), "--out", str(out), "--plan-only"]) == 0
+    summary = f"fp32, batch <= 1, text <= 64 tokens, answers <= 16 tokens, builder optimisation level {FASTEST}"
+    assert summary in capsys.readouterr().err
+    assert not list(out.glob("*.engine"))
     script = (out / "build_engines.sh").read_text()
-    assert '"$PYTHON" -m transprune.cli.build "$BUILD_DIR" --target rtx --out .' in script
+    assert (f'"$PYTHON" -m transprune.cli.build "$BUILD_DIR" --target rtx --out . --optimization-level {FASTEST} '
+            in script)
     env = {**os.environ, "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(out / "build_engines.sh")], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert sorted(p.name for p in out.glob("*.engine")) == sorted(first)
+    assert summary in done.stderr
+    assert "[11/11] head: building fp32 engine with TensorRT-RTX (1 profile)" in done.stderr and "MiB in" in done.stderr
+    graphs = Build.open(paper_build[0]).graphs
+    assert len(graphs) == 11 and sorted(p.name for p in out.glob("*.engine")) == sorted(f"{g}.engine" for g in graphs)
+    for path in out.glob("*.engine"):
+        meta = json.loads(metadata_path(path).read_text())
+        assert meta["engine_sha256"] == sha256(path) and meta["builder_optimization_level"] == FASTEST
     assert not (out / "timing.cache").exists()  # TensorRT-RTX times nothing ahead of time
+
+
+def test_build_engines_configures_the_builder_at_the_plans_optimization_level(paper_build, tmp_path, monkeypatch,
+                                                                              tensorrt_rtx):
+    """What the plan says reaches every builder config build_engines makes (one small engine built
+    at each of the default and the fastest level)."""
+    configured = []
+
+    def recording_configure(*args, **kwargs):
+        config = configure(*args, **kwargs)
+        configured.append(config.builder_optimization_level)
+        return config
+
+    monkeypatch.setattr(engines_module, "configure", recording_configure)
+    for level, expected in ((None, 3), (FASTEST, FASTEST)):
+        planned = plan_build(build_dir=paper_build[0], target="rtx", out=tmp_path / f"level-{level}",
+                             optimization_level=level)
+        embed = [e for e in planned.plan["engines"] if e["graph"] == "embed"]
+        build_engines({**planned.plan, "engines": embed}, planned.build, planned.engine_dir, log=lambda line: None)
+        assert configured.pop() == expected and not configured
 
 
 def test_rtx_precision_is_the_exports_dtype(paper_build, tmp_path):
@@ -232,5 +264,28 @@ def test_tensorrt_api_builds_strongly_typed_networks_without_precision_flags(tmp
     for strongly_typed, network_flags, precision_flags in ((True, 1, []), (False, 0, ["FP16"])):
         calls.clear()
         parsed = parse_graph(trt, tmp_path / "g.onnx", logger=object(), strongly_typed=strongly_typed)
-        configure(parsed, precision="fp16", workspace_bytes=1 << 20, strongly_typed=strongly_typed)
+        config = configure(parsed, precision="fp16", workspace_bytes=1 << 20, strongly_typed=strongly_typed)
         assert calls == [("create_network", network_flags), *(("set_flag", f) for f in precision_flags)]
+        assert not hasattr(config, "builder_optimization_level")  # the builder's default: left alone
+    config = configure(parsed, precision="fp16", workspace_bytes=1 << 20, optimization_level=1)
+    assert config.builder_optimization_level == 1
+
+
+def test_the_optimization_level_reaches_tensorrt_rtxs_builder_config(tensorrt_rtx):
+    """The real builder config gets each level; without one it keeps TensorRT-RTX's default (3, what
+    shipped engines are built at); anything but an int in 0..5 is refused before a config is made."""
+    trt = tensorrt_rtx
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parsed = ParsedGraph(trt, builder, network, trt.OnnxParser(network, logger), trt.__name__, trt.__version__,
+                         logger=logger)
+    settings = {"precision": "fp32", "workspace_bytes": 1 << 20, "compute_capabilities": [(8, 6)]}
+    assert configure(parsed, **settings).builder_optimization_level == 3
+    assert list(OPTIMIZATION_LEVELS) == [0, 1, 2, 3, 4, 5]
+    for level in OPTIMIZATION_LEVELS:
+        assert configure(parsed, **settings, optimization_level=level).builder_optimization_level == level
+    for bad in (-1, 6, True, "0", 1.0):
+        with pytest.raises(TransPruneError, match=rf"--optimization-level {re.escape(repr(bad))} is not one of "
+                                                  r"TensorRT's builder optimisation levels: 0 \(fastest build\) to 5"):
+            configure(parsed, **settings, optimization_level=bad)
