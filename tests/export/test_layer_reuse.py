@@ -44,9 +44,10 @@ def test_a_composed_segment_is_the_whole_segment_trace(schedule, tiny_checkpoint
     examples = Examples(torch.float32, n_image=facts.n_image, image_token_id=facts.image_token_id)
     module = kind.module(spec, weights, config)
 
-    tracer = Tracer(opset=18, shared=False)
+    # the process's traces: the session's tiny builds have usually traced this layer already
+    tracer = Tracer.for_model(opset=18, config=config, dtype=torch.float32)
     composed = kind.onnx_model(spec, module, tracer=tracer, examples=examples, weights=weights, config=config)
-    assert tracer.traces == 1  # one layer traced, whatever the segment's length
+    assert tracer.traces <= 1  # at most one layer traced, whatever the segment's length
     whole = Tracer(opset=18, shared=False).trace(module, spec, examples.inputs(kind, spec))
 
     composed_form = _written_form(composed, spec, weights, module, tmp_path)
