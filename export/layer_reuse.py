@@ -1,4 +1,4 @@
-"""A decoder segment's ONNX graph composed from one traced layer per kind, instead of a trace of
+"""A decoder segment's ONNX graph composed from one traced layer, instead of a trace of
 every layer (``export/tracing.py`` says why: tracing is nearly all of an export's time).
 
 A *layer pattern* is a traced one-layer segment: the preamble every layer shares (rotary cos/sin
