@@ -5,14 +5,15 @@ time, and most of it repeated the same work: every decoder layer of every segmen
 computation on other weights, and a schedule's scorers differ only in which layer's weights they
 read. A ``Tracer`` lives for one export and keeps what it traced by a key that names everything
 the trace depends on; ``once`` returns a fresh copy of a model traced before, and segments are
-composed from one traced layer per kind (``export/layer_reuse.py``).
+composed from one traced layer (``export/layer_reuse.py``).
 
 The traces are kept for the process, not only the build (a small bounded cache, keyed also by the
 model's whole configuration, the example dtype, the opset and the torch and onnxscript versions):
 exporting one model with several schedules or weight formats in one process (the benchmarks,
 the test suite, a Python caller) traces each graph kind once. A trace holds no weights, so the
-cache is the size of the graphs' structure (kilobytes for tiny, a few MB for a 7B layer). ``graph_canon`` proves the
-results equal to whole-module traces (tests/export/test_tracing.py).
+cache is the size of the graphs' structure (kilobytes for tiny, a few MB for a 7B layer). The
+cache is not locked: exports in one process run one at a time. ``graph_canon`` proves the results
+equal to whole-module traces (tests/export/test_layer_reuse.py).
 
 The ONNX function registry (torchlib) is built once per process too: ``torch.onnx.export`` builds
 it again for every graph (0.3-0.8 s each here). That uses the exporter's own entry point behind
